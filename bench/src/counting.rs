@@ -4,8 +4,8 @@
 use async_trait::async_trait;
 use cloudsim::SimCloud;
 use pool_manager::cloud::{
-    BootHeadroom, Cloud, CloudError, CloudIdentity, CloudResult, ImageMiss, Network, NetworkShare,
-    NewPortSpec, NewVolumeSpec, Port, Server, ServerSpec, Volume,
+    BootHeadroom, Cloud, CloudError, CloudIdentity, CloudResult, FlavorIops, ImageMiss, Network,
+    NetworkShare, NewPortSpec, NewVolumeSpec, Port, Server, ServerSpec, Volume,
 };
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -98,6 +98,10 @@ impl Cloud for CountingCloud {
     /// driver's cached flavor lookups do (no API call).
     async fn check_boot_placement(&self, pool: &pool_manager::model::PoolKey) -> CloudResult<()> {
         self.sim.check_boot_placement(pool).await
+    }
+    /// Not counted, as [`Cloud::check_boot_placement`].
+    async fn flavor_disk_iops(&self, flavor: &str) -> CloudResult<FlavorIops> {
+        self.sim.flavor_disk_iops(flavor).await
     }
     /// Not counted, as [`Cloud::check_boot_placement`].
     async fn check_boot_image(&self, image: &str, miss: ImageMiss) -> CloudResult<()> {

@@ -466,6 +466,9 @@ pub struct SizingView<'a> {
     quota_error: &'a str,
     quota_ports_unknown: &'a str,
     quota_read_at: Option<String>,
+    lead_time_prior: Option<String>,
+    prior_iops_limit: Option<u32>,
+    prior_iops_limit_source: &'a str,
 }
 
 impl<'a> From<&'a api::SizingStatus> for SizingView<'a> {
@@ -495,6 +498,9 @@ impl<'a> From<&'a api::SizingStatus> for SizingView<'a> {
             quota_error: &s.quota_error,
             quota_ports_unknown: &s.quota_ports_unknown,
             quota_read_at: s.quota_read_at.as_ref().map(|t| timestamp(t, true)),
+            lead_time_prior: s.lead_time_prior.as_ref().map(duration_exact),
+            prior_iops_limit: s.prior_iops_limit,
+            prior_iops_limit_source: &s.prior_iops_limit_source,
         }
     }
 }

@@ -308,7 +308,7 @@ fn detail(pool: &api::Pool, now: SystemTime, look: Option<&str>) -> String {
         ("health", health_cell(pool)),
         ("boot_timeout", opt_duration(&spec.boot_timeout)),
         ("max_age", max_age_detail(&spec.max_age)),
-        ("iops_limit", opt_number(spec.iops_limit)),
+        ("iops_limit", iops_limit_detail(pool, &spec)),
         ("volume_iops_limit", opt_number(spec.volume_iops_limit)),
         (
             "instances",
@@ -393,6 +393,21 @@ fn windows_detail(windows: &[String]) -> String {
 
 fn opt_number(n: Option<impl std::fmt::Display>) -> String {
     n.map_or_else(|| "-".to_owned(), |n| n.to_string())
+}
+
+/// The pool's flavor IOPS limit: its own, or, unset, the one the daemon
+/// read from the cloud's flavor (its extra specs), which the lead-time
+/// prior is then stretched for.
+fn iops_limit_detail(pool: &api::Pool, spec: &api::PoolSpec) -> String {
+    let from_cloud = pool.sizing.as_ref().and_then(|s| {
+        s.prior_iops_limit
+            .filter(|_| s.prior_iops_limit_source == "cloud_flavor")
+    });
+    match (spec.iops_limit, from_cloud) {
+        (Some(own), _) => own.to_string(),
+        (None, Some(flavor)) => format!("- (the flavor's, from the cloud: {flavor})"),
+        (None, None) => "-".to_owned(),
+    }
 }
 
 /// The target setting in the words `--target` takes.
@@ -1641,6 +1656,16 @@ mod tests {
             text.contains(&format!(
                 "min_ready:         {min_ready} (10 now: a window is open)\n"
             )),
+            "{text}"
+        );
+        // Unset, the limit the daemon read from the cloud's flavor.
+        pool.spec.as_mut().unwrap().iops_limit = None;
+        let sizing = pool.sizing.as_mut().unwrap();
+        sizing.prior_iops_limit = Some(6400);
+        sizing.prior_iops_limit_source = "cloud_flavor".into();
+        let text = pool_detail(&pool, SystemTime::now());
+        assert!(
+            text.contains("iops_limit:        - (the flavor's, from the cloud: 6400)\n"),
             "{text}"
         );
     }

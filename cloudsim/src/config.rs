@@ -8,6 +8,7 @@
 //! into tokio time, so a demo can run 20x faster with `time_scale = 0.05`.
 
 use pool_manager::cloud::NetworkShare;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// One availability zone and how many compute hosts it has.
@@ -180,6 +181,8 @@ pub struct FlavorSpec {
     pub vcpus: u32,
     pub ram_mb: u64,
     pub disk_gb: u64,
+    /// Its extra specs ([`SimConfig::flavor_extra_specs`]).
+    pub extra_specs: BTreeMap<String, String>,
 }
 
 /// A Neutron security group the HTTP face serves.
@@ -400,6 +403,19 @@ pub struct SimConfig {
     /// off, such an attach is refused with Nova's 400 (`Fatal`
     /// in-process, as warmpool's driver reads that answer).
     pub cross_az_attach: bool,
+    /// Extra specs of flavors, by flavor name, as Nova shows them (from
+    /// microversion 2.61 in a flavor's detail, else `GET
+    /// /flavors/{id}/os-extra_specs`): a libvirt front-end QoS such as
+    /// `quota:disk_total_iops_sec` tells warmpool a flavor's disk IOPS
+    /// limit, which its lead-time prior is stretched for. They only tell:
+    /// boots slow down under `iops_throttled`. None by default; set at
+    /// runtime with [`crate::SimCloud::set_flavor_extra_specs`].
+    pub flavor_extra_specs: BTreeMap<String, BTreeMap<String, String>>,
+    /// Nova's policy hides flavors' extra specs from the cloud's users
+    /// (`os_compute_api:os-flavor-extra-specs:index` tightened to admins):
+    /// flavor details leave them out, their own call is refused 403, and
+    /// the in-process face answers `FlavorIops::Unknown`.
+    pub flavor_extra_specs_hidden: bool,
 }
 
 impl Default for SimConfig {
@@ -437,6 +453,8 @@ impl Default for SimConfig {
             // Neutron gives every project one.
             security_groups: vec![SecurityGroupConfig::new("default")],
             cross_az_attach: true,
+            flavor_extra_specs: BTreeMap::new(),
+            flavor_extra_specs_hidden: false,
         }
     }
 }
@@ -500,6 +518,11 @@ impl SimConfig {
             vcpus: size.vcpus,
             ram_mb: size.ram_mb,
             disk_gb: size.disk_gb,
+            extra_specs: self
+                .flavor_extra_specs
+                .get(name)
+                .cloned()
+                .unwrap_or_default(),
         }
     }
 

@@ -10,8 +10,8 @@ use crate::mysql;
 use crate::sim::SimCloud;
 use async_trait::async_trait;
 use pool_manager::cloud::{
-    BootHeadroom, Cloud, CloudError, CloudIdentity, CloudResult, ImageMiss, Network, NetworkShare,
-    NewPortSpec, NewVolumeSpec, Port, Server, ServerSpec, Volume,
+    BootHeadroom, Cloud, CloudError, CloudIdentity, CloudResult, FlavorIops, ImageMiss, Network,
+    NetworkShare, NewPortSpec, NewVolumeSpec, Port, Server, ServerSpec, Volume,
 };
 use pool_manager::model::PoolKey;
 use std::collections::BTreeMap;
@@ -74,6 +74,12 @@ impl Cloud for SimCloud {
     /// an API call (no rate limit, no fault, not counted).
     async fn check_boot_placement(&self, pool: &PoolKey) -> CloudResult<()> {
         self.lock().check_boot_placement(pool)
+    }
+
+    /// A look at the configuration, as [`Cloud::check_boot_placement`]
+    /// (the driver's is cached with the flavor): no API call.
+    async fn flavor_disk_iops(&self, flavor: &str) -> CloudResult<FlavorIops> {
+        self.lock().flavor_disk_iops(flavor)
     }
 
     /// A look at the configuration, as [`Cloud::check_boot_placement`]:

@@ -11,9 +11,10 @@
 use crate::config::{FlavorSpec, Quotas, SimConfig};
 use crate::mysql::ListenerGuard;
 use pool_manager::cloud::{
-    some_names, BootHeadroom, CloudError, CloudResult, FixedIp, Network, NetworkOwner,
-    NetworkShare, NewPortSpec, NewVolumeSpec, Port, QuotaLeft, Server, ServerSpec, ServerStatus,
-    Volume, VolumeOwner, VolumeStatus, META_INSTANCE, META_POOL, PORTS, PORTS_PER_SERVER,
+    extra_specs_iops, some_names, BootHeadroom, CloudError, CloudResult, FixedIp, FlavorIops,
+    Network, NetworkOwner, NetworkShare, NewPortSpec, NewVolumeSpec, Port, QuotaLeft, Server,
+    ServerSpec, ServerStatus, Volume, VolumeOwner, VolumeStatus, META_INSTANCE, META_POOL, PORTS,
+    PORTS_PER_SERVER,
 };
 use pool_manager::model::PoolKey;
 use rand::rngs::StdRng;
@@ -806,6 +807,24 @@ impl Model {
             )));
         }
         Ok(())
+    }
+
+    /// Flavor `name`'s disk IOPS limit as its extra specs tell it, by the
+    /// configuration: `NotFound` for a flavor the cloud lacks (named as
+    /// [`Self::check_boot_placement`] names it), `Unknown` while the
+    /// policy hides extra specs.
+    pub fn flavor_disk_iops(&self, name: &str) -> CloudResult<FlavorIops> {
+        let Some(flavor) = self.cfg.flavor_spec(name) else {
+            return Err(CloudError::NotFound(format!(
+                "no flavor named '{name}' in the simulated cloud"
+            )));
+        };
+        if self.cfg.flavor_extra_specs_hidden {
+            return Ok(FlavorIops::Unknown(format!(
+                "the simulated cloud's policy hides flavor {name}'s extra specs"
+            )));
+        }
+        Ok(extra_specs_iops(&flavor.extra_specs))
     }
 
     /// Whether Cinder has `zone`, by the configuration (Cinder's 400

@@ -188,6 +188,21 @@ impl SimCloud {
         self.lock().cfg.retired_flavors.push(name.to_owned());
     }
 
+    /// An admin sets flavor `name`'s extra specs (Nova's `openstack flavor
+    /// set --property`), replacing those it had.
+    pub fn set_flavor_extra_specs(&self, name: &str, specs: BTreeMap<String, String>) {
+        self.lock()
+            .cfg
+            .flavor_extra_specs
+            .insert(name.to_owned(), specs);
+    }
+
+    /// An admin's policy hides flavors' extra specs from the cloud's users
+    /// (`hidden`), or shows them again.
+    pub fn hide_flavor_extra_specs(&self, hidden: bool) {
+        self.lock().cfg.flavor_extra_specs_hidden = hidden;
+    }
+
     /// An admin sets the project's instances quota to `max` (servers over
     /// it keep running; boots are refused until some are gone).
     pub fn set_max_instances(&self, max: usize) {

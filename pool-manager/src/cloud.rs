@@ -800,6 +800,62 @@ impl BootHeadroom {
     }
 }
 
+/// A flavor's disk IOPS limit as the cloud tells it
+/// ([`Cloud::flavor_disk_iops`]): the libvirt front-end QoS an operator
+/// sets in the flavor's extra specs, which throttles the disk a server
+/// boots from (calibration.md: such a cloud boots 3-5x slower).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FlavorIops {
+    /// The flavor's extra specs limit its disk to this many IOPS.
+    Limited(u32),
+    /// Its extra specs set no disk IOPS limit.
+    Unlimited,
+    /// The cloud would not tell: its policy hides flavor extra specs from
+    /// warmpool's user (Nova's `os-flavor-extra-specs:index`). Not an
+    /// error: the limit is unknown, and a pool's own `iops_limit` is the
+    /// way to give it.
+    Unknown(String),
+}
+
+impl FlavorIops {
+    /// The limit, if one is known.
+    pub fn limit(&self) -> Option<u32> {
+        match self {
+            Self::Limited(iops) => Some(*iops),
+            Self::Unlimited | Self::Unknown(_) => None,
+        }
+    }
+}
+
+/// Nova's libvirt front-end QoS keys a flavor's disk IOPS limit is read
+/// from: the total, else the lower of the read and write limits.
+pub const EXTRA_SPEC_TOTAL_IOPS: &str = "quota:disk_total_iops_sec";
+pub const EXTRA_SPEC_READ_IOPS: &str = "quota:disk_read_iops_sec";
+pub const EXTRA_SPEC_WRITE_IOPS: &str = "quota:disk_write_iops_sec";
+
+/// The disk IOPS limit a flavor's extra specs set: `quota:disk_total_iops_sec`,
+/// else the lower of `quota:disk_read_iops_sec` and
+/// `quota:disk_write_iops_sec` (either alone if only one is set). libvirt
+/// takes 0 as "no limit"; a value that is no number limits nothing warmpool
+/// can tell, so it is left out as well.
+pub fn extra_specs_iops(specs: &BTreeMap<String, String>) -> FlavorIops {
+    let limit = |key: &str| {
+        specs
+            .get(key)
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|&iops| iops > 0)
+            .map(|iops| u32::try_from(iops).unwrap_or(u32::MAX))
+    };
+    let read_write = match (limit(EXTRA_SPEC_READ_IOPS), limit(EXTRA_SPEC_WRITE_IOPS)) {
+        (Some(r), Some(w)) => Some(r.min(w)),
+        (r, w) => r.or(w),
+    };
+    match limit(EXTRA_SPEC_TOTAL_IOPS).or(read_write) {
+        Some(iops) => FlavorIops::Limited(iops),
+        None => FlavorIops::Unlimited,
+    }
+}
+
 /// The most names a failed lookup's message lists of those the cloud has.
 pub const NAMES_SHOWN: usize = 10;
 
@@ -962,6 +1018,15 @@ pub trait Cloud: Send + Sync + 'static {
     /// may be cached.
     async fn check_boot_placement(&self, pool: &PoolKey) -> CloudResult<()>;
 
+    /// The disk IOPS limit of `flavor` (name or id) as the compute service
+    /// tells it ([`FlavorIops`], from its extra specs): the lead-time prior
+    /// of a pool that sets no `iops_limit` of its own is stretched for it.
+    /// A policy that hides extra specs is `Ok(FlavorIops::Unknown)`, not an
+    /// error; a flavor the cloud lacks is `NotFound`. Lookups may be
+    /// cached. No default, for the reason below: a wrapper that forgot it
+    /// would leave every pool on the unthrottled prior.
+    async fn flavor_disk_iops(&self, flavor: &str) -> CloudResult<FlavorIops>;
+
     /// Whether the image service has `image` to boot from (Glance):
     /// `NotFound` naming it, and, as `miss` asks, those on offer. Lookups
     /// may be cached.
@@ -1006,7 +1071,10 @@ pub trait Cloud: Send + Sync + 'static {
 
 #[cfg(test)]
 mod tests {
-    use super::{exceeds_per_volume_limit, mentions_quota, CloudChange, CloudError, CloudIdentity};
+    use super::{
+        exceeds_per_volume_limit, extra_specs_iops, mentions_quota, CloudChange, CloudError,
+        CloudIdentity, FlavorIops,
+    };
     use std::time::Duration;
 
     fn openstack(project: &str, region: Option<&str>, tag: &str) -> CloudIdentity {
@@ -1116,5 +1184,68 @@ mod tests {
         ] {
             assert!(!exceeds_per_volume_limit(quota), "{quota}");
         }
+    }
+
+    /// The total limit wins; else the lower of read and write, either
+    /// alone if only one is set; 0 (libvirt's "no limit") and values that
+    /// are no number limit nothing.
+    #[test]
+    fn a_flavors_disk_iops_limit_is_read_from_its_extra_specs() {
+        let specs = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let cases = [
+            (vec![], FlavorIops::Unlimited),
+            (vec![("hw:cpu_policy", "dedicated")], FlavorIops::Unlimited),
+            (
+                vec![("quota:disk_total_iops_sec", "6400")],
+                FlavorIops::Limited(6400),
+            ),
+            (
+                vec![
+                    ("quota:disk_total_iops_sec", "6400"),
+                    ("quota:disk_read_iops_sec", "100"),
+                ],
+                FlavorIops::Limited(6400),
+            ),
+            (
+                vec![
+                    ("quota:disk_read_iops_sec", "3000"),
+                    ("quota:disk_write_iops_sec", "1500"),
+                ],
+                FlavorIops::Limited(1500),
+            ),
+            (
+                vec![("quota:disk_write_iops_sec", " 800 ")],
+                FlavorIops::Limited(800),
+            ),
+            (
+                vec![
+                    ("quota:disk_total_iops_sec", "0"),
+                    ("quota:disk_read_iops_sec", "500"),
+                ],
+                FlavorIops::Limited(500),
+            ),
+            (
+                vec![("quota:disk_total_iops_sec", "lots")],
+                FlavorIops::Unlimited,
+            ),
+            (
+                vec![("quota:disk_total_iops_sec", "99999999999")],
+                FlavorIops::Limited(u32::MAX),
+            ),
+            (
+                vec![("quota:disk_total_bytes_sec", "52428800")],
+                FlavorIops::Unlimited,
+            ),
+        ];
+        for (pairs, expected) in cases {
+            assert_eq!(extra_specs_iops(&specs(&pairs)), expected, "{pairs:?}");
+        }
+        assert_eq!(FlavorIops::Limited(7).limit(), Some(7));
+        assert_eq!(FlavorIops::Unknown("policy".into()).limit(), None);
     }
 }

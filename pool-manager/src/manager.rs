@@ -5,9 +5,9 @@
 
 use crate::changes::{ChangeCursor, Changes};
 use crate::cloud::{
-    BootHeadroom, Cloud, CloudChange, CloudError, CloudIdentity, CloudResult, ImageMiss, Network,
-    NetworkShare, NewPortSpec, NewVolumeSpec, Port, Server, ServerSpec, Volume, MAX_RETRY_AFTER,
-    MIN_RETRY_PAUSE,
+    BootHeadroom, Cloud, CloudChange, CloudError, CloudIdentity, CloudResult, FlavorIops,
+    ImageMiss, Network, NetworkShare, NewPortSpec, NewVolumeSpec, Port, Server, ServerSpec, Volume,
+    MAX_RETRY_AFTER, MIN_RETRY_PAUSE,
 };
 use crate::error::{ApiCall, ManagerError, ManagerResult};
 use crate::events::{
@@ -242,6 +242,10 @@ pub(crate) struct Shared {
     /// Pools whose stored learned sizing this version cannot read (a newer
     /// version wrote it): kept for that version, never saved over.
     pub sizing_unreadable: Mutex<std::collections::HashSet<PoolKey>>,
+    /// Flavors' disk IOPS limits as the cloud last told them, by flavor
+    /// name, for the pools' lead-time priors
+    /// ([`Shared::refresh_flavor_iops`]).
+    pub flavor_iops: Mutex<HashMap<String, crate::replenisher::FlavorIopsRead>>,
     /// The items reconcile passes keep failing, so that each is warned of
     /// once per problem, not at every pass.
     pub pass_failures: Mutex<crate::reconciler::PassFailures>,
@@ -818,6 +822,9 @@ impl Cloud for ServiceNoting {
     async fn check_boot_placement(&self, pool: &PoolKey) -> CloudResult<()> {
         Self::noted(CloudService::Compute, self.inner.check_boot_placement(pool)).await
     }
+    async fn flavor_disk_iops(&self, flavor: &str) -> CloudResult<FlavorIops> {
+        Self::noted(CloudService::Compute, self.inner.flavor_disk_iops(flavor)).await
+    }
     async fn check_boot_image(&self, image: &str, miss: ImageMiss) -> CloudResult<()> {
         Self::noted(
             CloudService::Image,
@@ -867,6 +874,7 @@ impl PoolManager {
                 stop_waiting: watch::channel(false).0,
                 sizing: Mutex::new(SizingBook::default()),
                 sizing_unreadable: Mutex::default(),
+                flavor_iops: Mutex::default(),
                 pass_failures: Mutex::default(),
                 gate: Arc::new(Mutex::new(Gate::new(settings.gate.clone()))),
                 health: Mutex::new(HealthBook::default()),
@@ -1689,6 +1697,9 @@ mod tests {
             unreachable!()
         }
         async fn check_boot_placement(&self, _: &PoolKey) -> CloudResult<()> {
+            unreachable!()
+        }
+        async fn flavor_disk_iops(&self, _: &str) -> CloudResult<FlavorIops> {
             unreachable!()
         }
         async fn check_boot_image(&self, _: &str, _: ImageMiss) -> CloudResult<()> {

@@ -17,8 +17,8 @@
 use crate::allocator::deadline_after;
 use crate::changes::ChangeCursor;
 use crate::cloud::{
-    mentions_quota, BootHeadroom, CloudError, CloudResult, Server, ServerSpec, ServerStatus,
-    VolumeStatus, META_INSTANCE, META_POOL,
+    mentions_quota, BootHeadroom, CloudError, CloudResult, FlavorIops, Server, ServerSpec,
+    ServerStatus, VolumeStatus, META_INSTANCE, META_POOL,
 };
 use crate::error::{ManagerError, ManagerResult};
 use crate::events::{AllocationOutcome, BootOutcome, CloudService, EventKind};
@@ -55,6 +55,25 @@ pub const LEARNED_SIZING_SAVE_EVERY: Duration = Duration::from_secs(60);
 /// about a minute after ACTIVE), so a boot whose mysqld answers within it
 /// makes no extra call; a slow one (a throttled disk) makes one per period.
 pub const WARMING_SERVER_LOOK_AFTER: Duration = Duration::from_secs(120);
+
+/// How long a flavor's disk IOPS limit read from the cloud
+/// ([`crate::cloud::Cloud::flavor_disk_iops`]) is used before it is read
+/// again: an operator may change the flavor's extra specs (the OpenStack
+/// driver trusts a flavor lookup as long).
+pub const FLAVOR_IOPS_TTL: Duration = Duration::from_secs(600);
+
+/// How long after a failed read of a flavor's disk IOPS limit it is read
+/// again (the last one read, if any, is used meanwhile).
+const FLAVOR_IOPS_RETRY: Duration = Duration::from_secs(30);
+
+/// A flavor's disk IOPS limit as last read from the cloud.
+#[derive(Clone, Debug)]
+pub(crate) struct FlavorIopsRead {
+    /// `None` until a read succeeds.
+    pub iops: Option<FlavorIops>,
+    /// When it is read again.
+    pub next_read: Instant,
+}
 
 /// Between why an instance is being deleted and why its server is not
 /// gone, in its `last_error`.
@@ -178,11 +197,13 @@ impl Shared {
                 }
             }
         } else if pool.spec.paused {
+            self.refresh_flavor_iops(&key.flavor).await;
             // Boots nothing, but keeps to max_ready.
             if let Err(e) = self.paused_step(pool).await {
                 tracing::warn!(pool = %key, error = %e, "paused pool's step failed; trying again")
             }
         } else {
+            self.refresh_flavor_iops(&key.flavor).await;
             match self.replenish_step(pool).await {
                 // Come back as soon as the gate opens again.
                 Ok(Some(hold)) => *wake = (*wake).min(hold.until()),
@@ -381,13 +402,79 @@ impl Shared {
             .record_allocation(key, request_id, started, now, &self.settings.sizing);
     }
 
+    /// The disk IOPS limit the cloud last told for `flavor`, if it told one.
+    pub(crate) fn cloud_flavor_iops(&self, flavor: &str) -> Option<u32> {
+        self.flavor_iops
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(flavor)
+            .and_then(|read| read.iops.as_ref())
+            .and_then(FlavorIops::limit)
+    }
+
+    /// Reads `flavor`'s disk IOPS limit from the cloud (its extra specs),
+    /// for the lead-time prior of its pools that set no `iops_limit`, when
+    /// it is due ([`FLAVOR_IOPS_TTL`], [`FLAVOR_IOPS_RETRY`] after a failed
+    /// read): before a step computes the prior, so a new pool's first
+    /// targets are sized for it. A cloud that will not tell (a policy
+    /// hiding extra specs) is said once at info; a failed read is logged
+    /// at debug, keeps the last limit read and fails nothing: the limit
+    /// only sets the prior, which the pool's measured boots replace.
+    pub(crate) async fn refresh_flavor_iops(&self, flavor: &str) {
+        let due = |now| {
+            self.flavor_iops
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(flavor)
+                .is_none_or(|read| now >= read.next_read)
+        };
+        if !due(Instant::now()) {
+            return;
+        }
+        let result = self.cloud.flavor_disk_iops(flavor).await;
+        let now = Instant::now();
+        let mut known = self.flavor_iops.lock().unwrap_or_else(|e| e.into_inner());
+        let read = known.entry(flavor.to_owned()).or_insert(FlavorIopsRead {
+            iops: None,
+            next_read: now,
+        });
+        match result {
+            Ok(iops) => {
+                read.next_read = now + FLAVOR_IOPS_TTL;
+                if read.iops.as_ref() == Some(&iops) {
+                    return;
+                }
+                let before = read.iops.replace(iops.clone());
+                match iops {
+                    FlavorIops::Limited(iops) => {
+                        tracing::info!(%flavor, iops, "the flavor's disk IOPS limit, from its extra specs: the lead-time prior of its pools that set no iops_limit is stretched for it")
+                    }
+                    FlavorIops::Unlimited if before.is_some_and(|b| b.limit().is_some()) => {
+                        tracing::info!(%flavor, "the flavor's extra specs no longer limit its disk IOPS: its pools' lead-time prior is no longer stretched for them")
+                    }
+                    FlavorIops::Unlimited => {
+                        tracing::debug!(%flavor, "the flavor's extra specs set no disk IOPS limit")
+                    }
+                    FlavorIops::Unknown(why) => {
+                        tracing::info!(%flavor, why, "the cloud does not tell the flavor's disk IOPS limit: the lead-time prior of its pools is stretched only for a pool's own iops_limit (and volume_iops_limit)")
+                    }
+                }
+            }
+            Err(e) => {
+                read.next_read = now + FLAVOR_IOPS_RETRY;
+                tracing::debug!(%flavor, error = %e, "cannot read the flavor's disk IOPS limit yet; its pools' lead-time prior uses the last one read, if any");
+            }
+        }
+    }
+
     /// The pool's computed target and its inputs, now.
     pub(crate) fn sizing_status(&self, record: &PoolRecord) -> SizingStatus {
         let now = Instant::now();
         let settings = &self.settings.sizing;
         let z = settings.z();
         let spec = &record.spec;
-        let prior = sizing::prior_for(spec, settings);
+        let cloud_flavor = self.cloud_flavor_iops(&record.key.flavor);
+        let prior = sizing::prior_for(spec, settings, cloud_flavor);
         let (demand, lead, last_plan, wall) = {
             let mut book = self.sizing_book();
             let (demand, lead, plan) = book.peek(&record.key, now, prior, settings);
@@ -435,6 +522,8 @@ impl Shared {
             quota,
             window_min,
             last_plan,
+            prior,
+            prior_iops_limit: sizing::prior_iops_limit(spec, cloud_flavor),
         }
     }
 
@@ -584,7 +673,11 @@ impl Shared {
         let now = Instant::now();
         let az = &pool.key.availability_zone;
         let settings = &self.settings.sizing;
-        let prior = sizing::prior_for(&pool.spec, settings);
+        let prior = sizing::prior_for(
+            &pool.spec,
+            settings,
+            self.cloud_flavor_iops(&pool.key.flavor),
+        );
         let (demand, lead, wall) = {
             let mut book = self.sizing_book();
             let (demand, lead) = book.estimates(&pool.key, now, prior, settings);

@@ -59,9 +59,13 @@
 //!   `tests/sizing.rs`.
 //!
 //! - [`lead_time_prior`]: before a pool's first boot is observed, the prior
-//!   comes from the flavor's and volume type's IOPS limits when the pool
-//!   names them (calibration.md: boots are disk-bound and stretch 3-5x under
-//!   IOPS throttling), else it is the configured `prior_lead_time`.
+//!   comes from the flavor's and volume type's IOPS limits when they are
+//!   known (calibration.md: boots are disk-bound and stretch 3-5x under
+//!   IOPS throttling), else it is the configured `prior_lead_time`. The
+//!   flavor's is the pool's `iops_limit` when set, else what the cloud
+//!   tells of the flavor (its extra specs' front-end QoS,
+//!   [`prior_iops_limit`]); the volume type's is the pool's
+//!   `volume_iops_limit` alone.
 //!
 //! - [`surplus_kept`]: how many fresh Ready instances a pool keeps once it
 //!   has held more than its target for a cooldown (the purchases expected
@@ -230,7 +234,7 @@ impl SizingSettings {
 /// Where a lead-time estimate comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum LeadSource {
-    /// The prior (configured, or from the pool's IOPS limits): no boot
+    /// The prior (configured, stretched for the IOPS limits: [`prior_for`]): no boot
     /// observed yet, or too few to outweigh a prior above them, or none
     /// within `lead_max_age` (older ones are kept but not counted).
     Prior,
@@ -431,11 +435,42 @@ pub fn lead_time_prior(
     stretched.min(MAX_PRIOR_LEAD_TIME.max(unthrottled))
 }
 
-/// The prior of a pool with this spec.
-pub fn prior_for(spec: &crate::model::PoolSpec, settings: &SizingSettings) -> Duration {
+/// Where the flavor disk IOPS limit a pool's prior is stretched for comes
+/// from ([`prior_iops_limit`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum IopsLimitSource {
+    /// The pool's own `iops_limit`, the operator's: it overrides the cloud's.
+    Pool,
+    /// The flavor's extra specs, as the cloud tells them
+    /// ([`crate::cloud::Cloud::flavor_disk_iops`]).
+    CloudFlavor,
+}
+
+/// The flavor disk IOPS limit a pool's prior is stretched for, and where
+/// it comes from: the pool's `iops_limit` when set, else `cloud_flavor`,
+/// the limit the cloud told for the pool's flavor (none, unknown, or not
+/// read yet: `None`).
+pub fn prior_iops_limit(
+    spec: &crate::model::PoolSpec,
+    cloud_flavor: Option<u32>,
+) -> Option<(u32, IopsLimitSource)> {
+    spec.iops_limit
+        .map(|iops| (iops, IopsLimitSource::Pool))
+        .or(cloud_flavor.map(|iops| (iops, IopsLimitSource::CloudFlavor)))
+}
+
+/// The prior of a pool with this spec, whose flavor the cloud tells
+/// `cloud_flavor` IOPS for (see [`prior_iops_limit`]). The volume type's
+/// limit is the pool's `volume_iops_limit` alone: Cinder shows QoS specs
+/// to admins only by default.
+pub fn prior_for(
+    spec: &crate::model::PoolSpec,
+    settings: &SizingSettings,
+    cloud_flavor: Option<u32>,
+) -> Duration {
     lead_time_prior(
         settings.prior_lead_time,
-        spec.iops_limit,
+        prior_iops_limit(spec, cloud_flavor).map(|(iops, _)| iops),
         spec.volume_iops_limit,
     )
 }
@@ -1418,6 +1453,10 @@ pub struct SizingStatus {
     pub window_min: Option<u32>,
     /// The replenisher's last decision.
     pub last_plan: Option<BootPlan>,
+    /// The lead time assumed before boots are measured ([`prior_for`]).
+    pub prior: Duration,
+    /// The flavor disk IOPS limit `prior` is stretched for, and whence.
+    pub prior_iops_limit: Option<(u32, IopsLimitSource)>,
 }
 
 // Rates are finite by construction; equality is used by tests and watchers only.

@@ -2074,7 +2074,25 @@ fn iops_limits_set_the_lead_time_prior() {
         prior_lead_time: base,
         ..SizingSettings::default()
     };
-    assert_eq!(pool_manager::sizing::prior_for(&spec, &settings), both);
+    assert_eq!(
+        pool_manager::sizing::prior_for(&spec, &settings, None),
+        both
+    );
+    // The pool's own flavor limit overrides the one the cloud tells; the
+    // cloud's stands in for one the pool does not set.
+    assert_eq!(
+        pool_manager::sizing::prior_for(&spec, &settings, Some(100)),
+        both
+    );
+    spec.iops_limit = None;
+    assert_eq!(
+        pool_manager::sizing::prior_for(&spec, &settings, Some(iops)),
+        both
+    );
+    assert_eq!(
+        pool_manager::sizing::prior_for(&spec, &settings, None),
+        volume_only
+    );
 }
 
 /// Starts `n` gated boots at `at`.
@@ -3283,6 +3301,83 @@ async fn an_iops_limited_pool_starts_from_the_iops_prior() {
         (status.sizing.lead.p90, status.sizing.lead.source),
         (prior, LeadSource::Prior)
     );
+}
+
+/// A pool that sets no `iops_limit` starts from the prior stretched for
+/// the disk IOPS limit its flavor's extra specs set, read from the cloud
+/// by the pool's first step (before its first targets); the pool's own
+/// `iops_limit` overrides it; a cloud whose policy hides extra specs
+/// leaves the unthrottled prior and fails nothing.
+#[tokio::test(start_paused = true)]
+async fn a_pools_prior_is_stretched_for_its_flavors_iops_limit_read_from_the_cloud() {
+    use pool_manager::model::{PoolKey, PoolSpec};
+    use pool_manager::sizing::{lead_time_prior, IopsLimitSource, DEFAULT_PRIOR_LEAD_TIME};
+    let sim = sim();
+    sim.set_flavor_extra_specs(
+        "db.small",
+        [("quota:disk_total_iops_sec".to_owned(), "6400".to_owned())].into(),
+    );
+    sim.set_flavor_extra_specs(
+        "db.medium",
+        [("quota:disk_read_iops_sec".to_owned(), "6400".to_owned())].into(),
+    );
+    let manager = manager_on(&sim, temp_store());
+    manager.start().await.unwrap();
+    let quiet = PoolSpec {
+        min_ready: 0,
+        ..auto_spec()
+    };
+    manager.create_pool(pool(), quiet.clone()).await.unwrap();
+    tokio::time::sleep(secs(1)).await;
+    let status = manager.get_pool(&pool()).await.unwrap();
+    let stretched = lead_time_prior(DEFAULT_PRIOR_LEAD_TIME, Some(6_400), None);
+    assert!(stretched > DEFAULT_PRIOR_LEAD_TIME * 3, "{stretched:?}");
+    assert_eq!(
+        (
+            status.sizing.lead.p90,
+            status.sizing.lead.source,
+            status.sizing.prior,
+            status.sizing.prior_iops_limit
+        ),
+        (
+            stretched,
+            LeadSource::Prior,
+            stretched,
+            Some((6_400, IopsLimitSource::CloudFlavor))
+        )
+    );
+
+    // The pool's own limit overrides the flavor's.
+    manager
+        .update_pool(&pool(), |s| s.iops_limit = Some(50_000))
+        .await
+        .unwrap();
+    let status = manager.get_pool(&pool()).await.unwrap();
+    let own = lead_time_prior(DEFAULT_PRIOR_LEAD_TIME, Some(50_000), None);
+    assert!(own < stretched, "{own:?}");
+    assert_eq!(
+        (status.sizing.lead.p90, status.sizing.prior_iops_limit),
+        (own, Some((50_000, IopsLimitSource::Pool)))
+    );
+
+    // A policy hiding extra specs: the limit is unknown, the prior
+    // unthrottled, and the pool neither failed nor degraded for it.
+    sim.hide_flavor_extra_specs(true);
+    let medium = PoolKey::new("db.medium", "az1");
+    manager.create_pool(medium.clone(), quiet).await.unwrap();
+    tokio::time::sleep(secs(1)).await;
+    let status = manager.get_pool(&medium).await.unwrap();
+    assert_eq!(
+        (
+            status.sizing.lead.p90,
+            status.sizing.lead.source,
+            status.sizing.prior_iops_limit
+        ),
+        (DEFAULT_PRIOR_LEAD_TIME, LeadSource::Prior, None)
+    );
+    assert!(!status.health.degraded, "{:?}", status.health);
+    assert_eq!(status.record.last_error, None);
+    manager.shutdown().await.unwrap();
 }
 
 #[test]

@@ -459,8 +459,9 @@ pub struct ManagerConfig {
     // Sizing of `target = "auto"` pools.
     /// Probability that a purchase finds a warm instance (0.5 to 0.999999).
     pub service_level: f64,
-    /// Lead time assumed before a pool's first boot is observed (pools with
-    /// `iops_limit`/`volume_iops_limit` stretch it).
+    /// Lead time assumed before a pool's first boot is observed (stretched
+    /// for a flavor's disk IOPS limit, the pool's `iops_limit` or else the
+    /// flavor's extra specs, and for a pool's `volume_iops_limit`).
     #[serde(with = "duration")]
     pub prior_lead_time: Duration,
     /// Completed boots kept for the lead-time percentiles.
@@ -1546,10 +1547,12 @@ pub struct PoolConfig {
     #[serde(default)]
     pub windows: Vec<Window>,
     /// The flavor's disk IOPS limit, if it has one: stretches the lead-time
-    /// prior before any boot is observed.
+    /// prior before any boot is observed. Unset: the limit the cloud tells
+    /// of the flavor (its extra specs), if any; set, it overrides that.
     #[serde(default)]
     pub iops_limit: Option<u32>,
-    /// The IOPS limit of the pool's volume type, if it has one.
+    /// The IOPS limit of the pool's volume type, if it has one (never read
+    /// from the cloud: Cinder shows QoS specs to admins only by default).
     #[serde(default)]
     pub volume_iops_limit: Option<u32>,
     /// One of the demo's pools ([`demo_pools`]), which no file declares:

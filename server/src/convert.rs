@@ -11,7 +11,7 @@ use pool_manager::model::{
     NetworkRequest, PoolKey, PoolSpec, Target, VolumeRequest, VolumeSource,
 };
 use pool_manager::schedule::Window;
-use pool_manager::sizing::{Backoff, LeadSource, PlanReason};
+use pool_manager::sizing::{Backoff, IopsLimitSource, LeadSource, PlanReason};
 use pool_manager::{AllocateRequest, ManagerError, PoolStatus};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tonic::{Code, Status};
@@ -501,6 +501,14 @@ fn sizing(status: &PoolStatus) -> api::SizingStatus {
         quota_error: s.quota.failing.clone().unwrap_or_default(),
         quota_ports_unknown: s.quota.ports_unknown.clone().unwrap_or_default(),
         quota_read_at,
+        lead_time_prior: Some(duration_to_proto(s.prior)),
+        prior_iops_limit: s.prior_iops_limit.map(|(iops, _)| iops),
+        prior_iops_limit_source: match s.prior_iops_limit {
+            Some((_, IopsLimitSource::Pool)) => "pool",
+            Some((_, IopsLimitSource::CloudFlavor)) => "cloud_flavor",
+            None => "",
+        }
+        .to_owned(),
     }
 }
 

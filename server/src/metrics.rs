@@ -516,7 +516,7 @@ impl Metrics {
         );
         registry.register(
             "pool_lead_time_samples",
-            "Completed boots behind the lead-time estimate (0: the prior, the configured one stretched for the pool's IOPS limits if it has any)",
+            "Completed boots behind the lead-time estimate (0: the prior, the configured one stretched for the flavor's disk IOPS limit and the pool's volume_iops_limit if any)",
             m.pool_lead_time_samples.clone(),
         );
         registry.register(

@@ -1695,6 +1695,16 @@ async fn auto_pools_show_their_sizing_and_updates_keep_the_mode() {
     assert_eq!(sizing.target, created.effective_target);
     assert!((1..=5).contains(&sizing.target), "{sizing:?}");
     assert!(sizing.service_level > 0.5 && sizing.z > 0.0, "{sizing:?}");
+    // The embedded cloud's flavors set no disk IOPS limit.
+    assert_eq!(
+        (
+            sizing.lead_time_prior.map(|p| p.seconds),
+            sizing.prior_iops_limit,
+            sizing.prior_iops_limit_source.as_str()
+        ),
+        (Some(90), None, ""),
+        "{sizing:?}"
+    );
     let gate = sizing.gate.expect("the AZ's gate");
     assert_eq!(gate.state, i32::from(api::ThrottleState::Open), "{gate:?}");
     assert!(gate.window.is_some_and(|w| w >= 1.0), "{gate:?}");
@@ -1813,6 +1823,20 @@ async fn windows_and_iops_limits_are_set_through_the_api() {
     assert_eq!(got.windows, ["daily 00:00-24:00 min 3"]);
     assert_eq!(got.iops_limit, Some(500));
     assert_eq!(got.volume_iops_limit, None);
+    // The prior is stretched for the pool's own limit, and says so.
+    let sizing = created.sizing.unwrap();
+    assert_eq!(
+        (
+            sizing.prior_iops_limit,
+            sizing.prior_iops_limit_source.as_str()
+        ),
+        (Some(500), "pool"),
+        "{sizing:?}"
+    );
+    assert!(
+        sizing.lead_time_prior.unwrap().seconds > 90 * 3,
+        "{sizing:?}"
+    );
     // The open window lifts the floor of the auto target.
     let pool = wait_ready(c, "db.large", "az1", 3).await;
     assert_eq!(pool.sizing.unwrap().window_min, Some(3));

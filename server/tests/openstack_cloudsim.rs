@@ -10,8 +10,8 @@ mod support;
 use cloudsim::http::{HttpFace, HttpSettings, RunningFace, Service};
 use cloudsim::{Quotas, SecurityGroupConfig, SimCloud, SimConfig};
 use pool_manager::cloud::{
-    Cloud, CloudError, ImageMiss, NewPortSpec, NewVolumeSpec, QuotaLeft, Server, ServerSpec,
-    ServerStatus, VolumeOwner, VolumeStatus, MAX_RETRY_AFTER, META_INSTANCE, META_POOL,
+    Cloud, CloudError, FlavorIops, ImageMiss, NewPortSpec, NewVolumeSpec, QuotaLeft, Server,
+    ServerSpec, ServerStatus, VolumeOwner, VolumeStatus, MAX_RETRY_AFTER, META_INSTANCE, META_POOL,
     META_TENANT,
 };
 use pool_manager::gate::{Gate, GateSettings, ThrottledCall};
@@ -401,6 +401,96 @@ async fn nova_is_spoken_to_at_2_79_though_it_offers_later_microversions() {
         .await;
         let cloud = env.driver().await;
         assert_eq!(cloud.compute_microversion(), expected, "{nova_max:?}");
+    }
+}
+
+/// A flavor's disk IOPS limit is read from its extra specs (the total,
+/// else the lower of read and write): at 2.79 from the flavor's detail, at
+/// 2.52 from its own `os-extra_specs` call, cached either way. A policy
+/// hiding extra specs (the detail leaves them out; the call of their own
+/// is refused 403) makes the limit unknown, not an error, and is no WARN.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flavors_disk_iops_limit_is_read_from_its_extra_specs() {
+    let specs = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    for (nova_max, spoken) in [((2, 104), "2.79"), ((2, 60), "2.52")] {
+        let config = SimConfig {
+            flavor_extra_specs: [
+                (
+                    "db.small".to_owned(),
+                    specs(&[
+                        ("quota:disk_total_iops_sec", "6400"),
+                        ("hw:cpu_policy", "shared"),
+                    ]),
+                ),
+                (
+                    "db.medium".to_owned(),
+                    specs(&[
+                        ("quota:disk_read_iops_sec", "3000"),
+                        ("quota:disk_write_iops_sec", "1500"),
+                    ]),
+                ),
+            ]
+            .into(),
+            ..sim_config()
+        };
+        let settings = HttpSettings {
+            nova_max_version: nova_max,
+            ..HttpSettings::default()
+        };
+        let env = env_with(config, settings).await;
+        let cloud = env.driver().await;
+        assert_eq!(cloud.compute_microversion(), spoken);
+        for _ in 0..2 {
+            assert_eq!(
+                cloud.flavor_disk_iops("db.small").await.unwrap(),
+                FlavorIops::Limited(6400),
+                "{spoken}"
+            );
+        }
+        assert_eq!(
+            cloud.flavor_disk_iops("db.medium").await.unwrap(),
+            FlavorIops::Limited(1500),
+            "{spoken}"
+        );
+        assert_eq!(
+            cloud.flavor_disk_iops("db.large").await.unwrap(),
+            FlavorIops::Unlimited,
+            "{spoken}"
+        );
+        // Below 2.61 one call per flavor, then cached; from it, none.
+        let extra_spec_calls = || env.sim.call_counts().get("get_flavor_extra_specs").copied();
+        let below_2_61 = spoken == "2.52";
+        assert_eq!(extra_spec_calls(), below_2_61.then_some(3), "{spoken}");
+        let e = cloud.flavor_disk_iops("db.nope").await.unwrap_err();
+        assert!(
+            matches!(&e, CloudError::NotFound(m) if m.contains("db.nope")),
+            "{e:?}"
+        );
+
+        env.sim.hide_flavor_extra_specs(true);
+        let logs = support::Logs::capture();
+        let hidden = env.driver().await;
+        match hidden.flavor_disk_iops("db.small").await {
+            Ok(FlavorIops::Unknown(why)) => assert!(
+                why.contains("os_compute_api:os-flavor-extra-specs:index")
+                    && why.contains("db.small"),
+                "{why}"
+            ),
+            other => panic!("{spoken}: {other:?}"),
+        }
+        // Refused once and cached: asked no more.
+        hidden.flavor_disk_iops("db.small").await.unwrap();
+        assert_eq!(extra_spec_calls(), below_2_61.then_some(4), "{spoken}");
+        let warned = logs.lines_at("WARN");
+        assert!(
+            !warned.iter().any(|l| l.contains("extra_specs")),
+            "{warned:?}"
+        );
     }
 }
 

@@ -35,8 +35,8 @@ use bench::replay::quantile;
 use bench::ttr::busy_time;
 use clap::Parser;
 use pool_manager::cloud::{
-    BootHeadroom, Cloud, CloudIdentity, CloudResult, ImageMiss, Network, NetworkShare, NewPortSpec,
-    NewVolumeSpec, Port, Server, ServerSpec, Volume,
+    BootHeadroom, Cloud, CloudIdentity, CloudResult, FlavorIops, ImageMiss, Network, NetworkShare,
+    NewPortSpec, NewVolumeSpec, Port, Server, ServerSpec, Volume,
 };
 use pool_manager::model::{
     AllocationParams, EmptyPoolPolicy, NetworkRequest, PoolKey, PoolSpec, VolumeRequest,
@@ -197,6 +197,11 @@ impl Cloud for Timed {
     }
     async fn check_boot_placement(&self, pool: &PoolKey) -> CloudResult<()> {
         self.time(self.inner.check_boot_placement(pool)).await
+    }
+    /// Not timed: the replenisher's look at the pool's flavor (cached by
+    /// the driver), no part of a purchase.
+    async fn flavor_disk_iops(&self, flavor: &str) -> CloudResult<FlavorIops> {
+        self.inner.flavor_disk_iops(flavor).await
     }
     async fn check_boot_image(&self, image: &str, miss: ImageMiss) -> CloudResult<()> {
         self.time(self.inner.check_boot_image(image, miss)).await

@@ -75,6 +75,7 @@ pub(super) fn routes(state: Arc<FaceState>) -> Router {
         .route("/flavors", get(list_flavors))
         .route("/flavors/detail", get(list_flavors_detail))
         .route("/flavors/:id", get(show_flavor))
+        .route("/flavors/:id/os-extra_specs", get(flavor_extra_specs))
         .route("/limits", get(limits))
         .route("/os-availability-zone", get(availability_zones))
         .route("/os-keypairs/:name", get(show_keypair))
@@ -311,10 +312,17 @@ fn server_json(state: &FaceState, model: &Model, d: &ServerDetail, mv: Mv) -> Va
     }
     let flavor = model.cfg.flavor_spec_even_retired(&d.flavor);
     let flavor_json = match (&flavor, mv.at_least(2, 47)) {
-        (Some(f), true) => json!({
-            "vcpus": f.vcpus, "ram": f.ram_mb, "disk": f.disk_gb,
-            "ephemeral": 0, "swap": 0, "original_name": f.name, "extra_specs": {},
-        }),
+        (Some(f), true) => {
+            let mut v = json!({
+                "vcpus": f.vcpus, "ram": f.ram_mb, "disk": f.disk_gb,
+                "ephemeral": 0, "swap": 0, "original_name": f.name,
+            });
+            // Nova shows them only where its policy shows a flavor's.
+            if !model.cfg.flavor_extra_specs_hidden {
+                v["extra_specs"] = json!(f.extra_specs);
+            }
+            v
+        }
         (Some(f), false) => json!({"id": f.id, "links": link(state, &format!("flavors/{}", f.id))}),
         (None, _) => json!({}),
     };
@@ -1465,7 +1473,16 @@ async fn detach_interface(
     Ok(StatusCode::ACCEPTED)
 }
 
-fn flavor_json(state: &FaceState, f: &crate::config::FlavorSpec, mv: Mv, detail: bool) -> Value {
+/// A flavor as Nova shows it; `specs_shown`: whether Nova's policy shows
+/// its extra specs to the caller (from 2.61 a detail carries them then,
+/// and leaves them out otherwise).
+fn flavor_json(
+    state: &FaceState,
+    f: &crate::config::FlavorSpec,
+    mv: Mv,
+    detail: bool,
+    specs_shown: bool,
+) -> Value {
     let mut v = json!({
         "id": f.id,
         "name": f.name,
@@ -1487,8 +1504,8 @@ fn flavor_json(state: &FaceState, f: &crate::config::FlavorSpec, mv: Mv, detail:
         v["OS-FLV-DISABLED:disabled"] = json!(false);
         v["os-flavor-access:is_public"] = json!(true);
         v["rxtx_factor"] = json!(1.0);
-        if mv.at_least(2, 61) {
-            v["extra_specs"] = json!({});
+        if mv.at_least(2, 61) && specs_shown {
+            v["extra_specs"] = json!(f.extra_specs);
         }
     }
     v
@@ -1504,12 +1521,12 @@ async fn list_flavors(
         .gate("list_flavors")
         .await
         .map_err(|e| ApiError::from_cloud(C, e))?;
-    let list: Vec<Value> = state
-        .sim
-        .config()
+    let config = state.sim.config();
+    let shown = !config.flavor_extra_specs_hidden;
+    let list: Vec<Value> = config
         .flavor_specs()
         .iter()
-        .map(|f| flavor_json(&state, f, mv, false))
+        .map(|f| flavor_json(&state, f, mv, false, shown))
         .collect();
     paged(&state, list, &query_pairs(q), "flavors", "flavors")
 }
@@ -1524,12 +1541,12 @@ async fn list_flavors_detail(
         .gate("list_flavors")
         .await
         .map_err(|e| ApiError::from_cloud(C, e))?;
-    let list: Vec<Value> = state
-        .sim
-        .config()
+    let config = state.sim.config();
+    let shown = !config.flavor_extra_specs_hidden;
+    let list: Vec<Value> = config
         .flavor_specs()
         .iter()
-        .map(|f| flavor_json(&state, f, mv, true))
+        .map(|f| flavor_json(&state, f, mv, true, shown))
         .collect();
     paged(&state, list, &query_pairs(q), "flavors/detail", "flavors")
 }
@@ -1544,14 +1561,44 @@ async fn show_flavor(
         .gate("get_flavor")
         .await
         .map_err(|e| ApiError::from_cloud(C, e))?;
-    let f = state
-        .sim
-        .config()
+    let config = state.sim.config();
+    let f = config
         .flavor_specs()
         .into_iter()
         .find(|f| f.id == id)
         .ok_or_else(|| ApiError::not_found(C, format!("Flavor {id} could not be found.")))?;
-    Ok(Json(json!({"flavor": flavor_json(&state, &f, mv, true)})))
+    let shown = !config.flavor_extra_specs_hidden;
+    Ok(Json(
+        json!({"flavor": flavor_json(&state, &f, mv, true, shown)}),
+    ))
+}
+
+/// `GET /flavors/{id}/os-extra_specs`: refused 403 while the policy hides
+/// extra specs (`SimConfig::flavor_extra_specs_hidden`), as Nova's
+/// `os_compute_api:os-flavor-extra-specs:index` refuses them.
+async fn flavor_extra_specs(
+    State(state): State<Arc<FaceState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    state
+        .sim
+        .gate("get_flavor_extra_specs")
+        .await
+        .map_err(|e| ApiError::from_cloud(C, e))?;
+    let config = state.sim.config();
+    if config.flavor_extra_specs_hidden {
+        return Err(ApiError::new(
+            C,
+            StatusCode::FORBIDDEN,
+            "Policy doesn't allow os_compute_api:os-flavor-extra-specs:index to be performed.",
+        ));
+    }
+    let f = config
+        .flavor_specs()
+        .into_iter()
+        .find(|f| f.id == id)
+        .ok_or_else(|| ApiError::not_found(C, format!("Flavor {id} could not be found.")))?;
+    Ok(Json(json!({"extra_specs": f.extra_specs})))
 }
 
 /// `GET /os-keypairs/{name}`: a key pair of the caller's user

@@ -31,10 +31,11 @@ pub mod nova;
 pub mod session;
 
 use crate::cloud::{
-    management_network_refusal, note_side_call, side_call_error_rewritten, some_names,
-    BootHeadroom, Cloud, CloudError, CloudIdentity, CloudResult, HeadroomCalls, ImageMiss, Network,
-    NetworkShare, NewPortSpec, NewVolumeSpec, Port, Server, ServerSpec, ServerStatus, SideCall,
-    Volume, VolumeOwner, VolumeStatus, MAX_RETRY_AFTER, META_INSTANCE, META_POOL, MIN_RETRY_PAUSE,
+    extra_specs_iops, management_network_refusal, note_side_call, side_call_error_rewritten,
+    some_names, BootHeadroom, Cloud, CloudError, CloudIdentity, CloudResult, FlavorIops,
+    HeadroomCalls, ImageMiss, Network, NetworkShare, NewPortSpec, NewVolumeSpec, Port, Server,
+    ServerSpec, ServerStatus, SideCall, Volume, VolumeOwner, VolumeStatus, MAX_RETRY_AFTER,
+    META_INSTANCE, META_POOL, MIN_RETRY_PAUSE,
 };
 use crate::events::CloudService;
 use async_trait::async_trait;
@@ -330,6 +331,10 @@ impl Markers {
 /// only slow. Up to 2.100 Nova answers once the volume is reserved.
 const NOVA_VERSIONS: [(u16, u16); 2] = [(2, 52), (2, 79)];
 
+/// From this Nova microversion a flavor's detail carries its extra specs
+/// (when Nova's policy shows them); below it they are a call of their own.
+const EXTRA_SPECS_IN_FLAVOR: (u16, u16) = (2, 61);
+
 /// Everything the driver needs, as plain values: the daemon fills it from
 /// its config file and clouds.yaml (or `OS_*` variables).
 #[derive(Clone)]
@@ -467,6 +472,10 @@ struct Inner {
     settings: OpenStackSettings,
     nova_version: (u16, u16),
     flavors: NameCache<Flavor>,
+    /// Flavors' disk IOPS limits by flavor id, read from their own extra
+    /// specs call below [`EXTRA_SPECS_IN_FLAVOR`] (from it, the flavor
+    /// cache holds them).
+    flavor_iops: NameCache<FlavorIops>,
     images: NameCache<String>,
     networks: NameCache<Named>,
     /// The groups of `tenant_port_security_groups`, by name or id.
@@ -617,6 +626,7 @@ impl OpenStackCloud {
                 settings,
                 nova_version,
                 flavors: NameCache::default(),
+                flavor_iops: NameCache::default(),
                 images: NameCache::default(),
                 networks: NameCache::default(),
                 security_groups: NameCache::default(),
@@ -884,6 +894,51 @@ impl OpenStackCloud {
                 some_names(&names)
             ))
         })
+    }
+
+    /// [`Cloud::flavor_disk_iops`]: from the flavor's detail from
+    /// [`EXTRA_SPECS_IN_FLAVOR`] (cached with the flavor), else from its
+    /// `os-extra_specs` (cached as long). Nova's policy
+    /// (`os_compute_api:os-flavor-extra-specs:index`, a project reader's by
+    /// default, an admin's on clouds that tighten it) may hide them: the
+    /// detail then leaves them out, and the call of their own is refused
+    /// 403. Either is an answer, the limit unknown, not an error.
+    pub async fn flavor_disk_iops_of(&self, name_or_id: &str) -> CloudResult<FlavorIops> {
+        let flavor = self.flavor(name_or_id).await?;
+        if let Some(specs) = &flavor.extra_specs {
+            return Ok(extra_specs_iops(specs));
+        }
+        let hidden = || {
+            FlavorIops::Unknown(format!(
+                "Nova's policy (os_compute_api:os-flavor-extra-specs:index) does not show flavor {}'s extra specs to {}",
+                flavor.name,
+                self.identity()
+            ))
+        };
+        if self.inner.nova_version >= EXTRA_SPECS_IN_FLAVOR {
+            return Ok(hidden());
+        }
+        if let Some(known) = self.inner.flavor_iops.get(&flavor.id) {
+            return Ok(known);
+        }
+        let call = self
+            .nova(Method::GET, &["flavors", &flavor.id, "os-extra_specs"])
+            .forbidden_is_an_answer();
+        let looking = |e| looking_up(e, Service::Compute, "the extra specs of flavor", name_or_id);
+        let reply = self.inner.conn.send(&call).await.map_err(looking)?;
+        let iops = if reply.status == 403 {
+            hidden()
+        } else {
+            let reply = checked(&call, reply).map_err(looking)?;
+            let body: nova::ExtraSpecsBody =
+                serde_json::from_str(&reply.body).map_err(|e| unreadable(&call.describe(), e))?;
+            extra_specs_iops(&body.extra_specs)
+        };
+        tracing::debug!(flavor = %flavor.name, iops = ?iops, "flavor's disk IOPS limit");
+        self.inner
+            .flavor_iops
+            .insert(flavor.id.clone(), iops.clone());
+        Ok(iops)
     }
 
     /// The UUID of an image given by name or id (Glance; cached).
@@ -2619,6 +2674,10 @@ impl Cloud for OpenStackCloud {
 
     async fn check_volume_zone(&self, pool: &crate::model::PoolKey) -> CloudResult<()> {
         self.check_volume_zone_of(&pool.availability_zone).await
+    }
+
+    async fn flavor_disk_iops(&self, flavor: &str) -> CloudResult<FlavorIops> {
+        self.flavor_disk_iops_of(flavor).await
     }
 
     /// Under the `image` override, the pool's own image too: it boots

@@ -353,6 +353,7 @@ mod tests {
             name: "db.small".into(),
             vcpus: 1,
             ram: 1024,
+            extra_specs: None,
         };
         use crate::cloud::{BootHeadroom, QuotaLeft};
         assert_eq!(

@@ -201,6 +201,18 @@ pub struct Flavor {
     pub vcpus: u64,
     /// MiB.
     pub ram: u64,
+    /// From microversion 2.61, when Nova's policy
+    /// (`os_compute_api:os-flavor-extra-specs:index`) shows them to
+    /// warmpool's user; `None` below 2.61 or when the policy hides them.
+    #[serde(default)]
+    pub extra_specs: Option<BTreeMap<String, String>>,
+}
+
+/// `GET /flavors/{id}/os-extra_specs`: a flavor's extra specs below
+/// microversion 2.61.
+#[derive(Debug, Deserialize)]
+pub struct ExtraSpecsBody {
+    pub extra_specs: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -568,18 +580,21 @@ mod tests {
             name: "db.small".into(),
             vcpus: 1,
             ram: 1024,
+            extra_specs: None,
         };
         let large = Flavor {
             id: "2".into(),
             name: "db.large".into(),
             vcpus: 4,
             ram: 8192,
+            extra_specs: None,
         };
         let huge = Flavor {
             id: "3".into(),
             name: "db.huge".into(),
             vcpus: 64,
             ram: 1024,
+            extra_specs: None,
         };
         let a = &limits.limits.absolute;
         // What is left of each quota and one server's share of it: the

@@ -32,6 +32,10 @@ pub struct Call {
     pub body: Option<serde_json::Value>,
     /// Sent as the service's microversion header (Nova "2.x", Cinder "3.x").
     pub microversion: Option<(u16, u16)>,
+    /// The caller takes a 403 as an answer and says what it means itself
+    /// (a policy hiding what the call reads: a flavor's extra specs), so
+    /// it is logged at debug here, not warned of at every call.
+    pub forbidden_is_an_answer: bool,
 }
 
 impl Call {
@@ -47,6 +51,7 @@ impl Call {
             query: Vec::new(),
             body: None,
             microversion: None,
+            forbidden_is_an_answer: false,
         }
     }
 
@@ -62,6 +67,12 @@ impl Call {
 
     pub fn microversion(mut self, version: Option<(u16, u16)>) -> Self {
         self.microversion = version;
+        self
+    }
+
+    /// See [`Call::forbidden_is_an_answer`].
+    pub fn forbidden_is_an_answer(mut self) -> Self {
+        self.forbidden_is_an_answer = true;
         self
     }
 
@@ -1496,6 +1507,7 @@ impl Connection {
                 // can end an outage, and is warned of itself.
                 let refused = reply.status >= 400
                     && reply.status != 404
+                    && !(reply.status == 403 && call.forbidden_is_an_answer)
                     && outcome == Some(Outcome::Answered);
                 if let Some(warning) = failure_warning(
                     &said,

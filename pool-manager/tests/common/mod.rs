@@ -876,6 +876,10 @@ mod gated {
             self.call("check_boot_placement", self.sim.check_boot_placement(pool))
                 .await
         }
+        async fn flavor_disk_iops(&self, flavor: &str) -> CloudResult<FlavorIops> {
+            self.call("flavor_disk_iops", self.sim.flavor_disk_iops(flavor))
+                .await
+        }
         async fn check_boot_image(&self, image: &str, miss: ImageMiss) -> CloudResult<()> {
             self.image_checks.lock().unwrap().push((image.into(), miss));
             self.call("check_boot_image", self.sim.check_boot_image(image, miss))

@@ -11,8 +11,9 @@
 use super::Metrics;
 use async_trait::async_trait;
 use pool_manager::cloud::{
-    collecting_side_calls, BootHeadroom, Cloud, CloudError, CloudIdentity, CloudResult, ImageMiss,
-    Network, NetworkShare, NewPortSpec, NewVolumeSpec, Port, Server, ServerSpec, SideCall, Volume,
+    collecting_side_calls, BootHeadroom, Cloud, CloudError, CloudIdentity, CloudResult, FlavorIops,
+    ImageMiss, Network, NetworkShare, NewPortSpec, NewVolumeSpec, Port, Server, ServerSpec,
+    SideCall, Volume,
 };
 use pool_manager::events::CloudService;
 use std::collections::BTreeMap;
@@ -211,6 +212,10 @@ impl Cloud for MeteredCloud {
     }
     async fn check_boot_placement(&self, pool: &pool_manager::model::PoolKey) -> CloudResult<()> {
         self.timed(COMPUTE, self.inner.check_boot_placement(pool))
+            .await
+    }
+    async fn flavor_disk_iops(&self, flavor: &str) -> CloudResult<FlavorIops> {
+        self.timed(COMPUTE, self.inner.flavor_disk_iops(flavor))
             .await
     }
     async fn check_boot_image(&self, image: &str, miss: ImageMiss) -> CloudResult<()> {
