@@ -932,7 +932,7 @@ impl OpenStackCloud {
             let reply = checked(&call, reply).map_err(looking)?;
             let body: nova::ExtraSpecsBody =
                 serde_json::from_str(&reply.body).map_err(|e| unreadable(&call.describe(), e))?;
-            extra_specs_iops(&body.extra_specs)
+            extra_specs_iops(&body.extra_specs.unwrap_or_default())
         };
         tracing::debug!(flavor = %flavor.name, iops = ?iops, "flavor's disk IOPS limit");
         self.inner

@@ -204,7 +204,7 @@ pub struct Flavor {
     /// From microversion 2.61, when Nova's policy
     /// (`os_compute_api:os-flavor-extra-specs:index`) shows them to
     /// warmpool's user; `None` below 2.61 or when the policy hides them.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "extra_specs")]
     pub extra_specs: Option<BTreeMap<String, String>>,
 }
 
@@ -212,7 +212,27 @@ pub struct Flavor {
 /// microversion 2.61.
 #[derive(Debug, Deserialize)]
 pub struct ExtraSpecsBody {
-    pub extra_specs: BTreeMap<String, String>,
+    #[serde(deserialize_with = "extra_specs")]
+    pub extra_specs: Option<BTreeMap<String, String>>,
+}
+
+/// Extra specs with any JSON value taken as text: Nova stores strings,
+/// but a value of another kind (a proxy's rewrite, a future Nova) must
+/// not make the flavor listing, and so every boot, unreadable.
+fn extra_specs<'de, D>(d: D) -> Result<Option<BTreeMap<String, String>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let specs: Option<BTreeMap<String, serde_json::Value>> = Option::deserialize(d)?;
+    Ok(specs.map(|specs| {
+        specs
+            .into_iter()
+            .map(|(k, v)| match v {
+                serde_json::Value::String(s) => (k, s),
+                other => (k, other.to_string()),
+            })
+            .collect()
+    }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -566,6 +586,32 @@ mod tests {
         let locked = shown("ACTIVE", "null", true);
         assert!(locked.locked && locked.is_usable() && !locked.takes_an_attach_now());
         assert!(!shown("ACTIVE", "null", false).locked);
+    }
+
+    /// A flavor's extra specs come from 2.61 (absent below, or hidden by
+    /// Nova's policy); a value that is no string is read as text rather
+    /// than failing the whole listing.
+    #[test]
+    fn flavor_extra_specs_are_read_leniently() {
+        let body: FlavorsBody = serde_json::from_str(
+            r#"{"flavors": [
+                {"id": "1", "name": "a", "vcpus": 1, "ram": 1024},
+                {"id": "2", "name": "b", "vcpus": 1, "ram": 1024, "extra_specs": null},
+                {"id": "3", "name": "c", "vcpus": 1, "ram": 1024,
+                 "extra_specs": {"quota:disk_total_iops_sec": 6400, "hw:cpu_policy": "shared"}}
+            ]}"#,
+        )
+        .unwrap();
+        let specs: Vec<_> = body.flavors.iter().map(|f| f.extra_specs.clone()).collect();
+        assert_eq!(specs[0], None);
+        assert_eq!(specs[1], None);
+        let c = specs[2].as_ref().unwrap();
+        assert_eq!(c["quota:disk_total_iops_sec"], "6400");
+        assert_eq!(c["hw:cpu_policy"], "shared");
+        let own: ExtraSpecsBody =
+            serde_json::from_str(r#"{"extra_specs": {"quota:disk_read_iops_sec": "500"}}"#)
+                .unwrap();
+        assert_eq!(own.extra_specs.unwrap()["quota:disk_read_iops_sec"], "500");
     }
 
     #[test]
