@@ -1188,13 +1188,24 @@ impl Shared {
         // each, 60 an hour at the default interval.
         let mut freed = Vec::new();
         for port_id in &next.bound_ports {
+            // One key per call, paced apart: under one key a read failing
+            // for now (warned of) then, a pass on, the delete failing the
+            // same way (both Transient) left the delete's failure at debug
+            // for an hour, the only warning about a read since answered.
             let item = format!("deleting port {port_id}, which a SOFT_DELETED server kept bound,");
+            let reading =
+                format!("reading port {port_id}, which a SOFT_DELETED server kept bound,");
+            let reading_server =
+                format!("reading the server holding port {port_id}, which a SOFT_DELETED server kept bound,");
             // One look a pass, not retried, as the read of the server
             // below and the delete: a look retried until the cleanup
             // deadline (then the delete too) held the pass, and the
             // Releases behind its lock, minutes per waiting port while
             // Neutron was down.
             let looked = self.cloud.get_port(port_id).await;
+            if !matches!(&looked, Err(e) if e.is_retryable()) {
+                self.pass_failures().done(&reading);
+            }
             // `Some`: the look failed for good, which says nothing of the
             // binding; the delete is sent anyway, and its refusal warned of
             // with the look's error (the one to mend, a wrong endpoint's 404).
@@ -1204,7 +1215,7 @@ impl Shared {
                 // next pass, no delete sent.
                 Err(e) if e.is_retryable() => {
                     let warn = self.pass_failures().failed(
-                        item,
+                        reading,
                         problem_of(&e.clone().into()),
                         Instant::now(),
                     );
@@ -1218,6 +1229,7 @@ impl Shared {
                 Err(CloudError::NotFound(_)) => {
                     tracing::info!(name = %watch.name, port = %port_id, "the port a SOFT_DELETED server kept bound is gone already");
                     self.pass_failures().done(&item);
+                    self.pass_failures().done(&reading_server);
                     freed.push(port_id.clone());
                     continue;
                 }
@@ -1235,7 +1247,11 @@ impl Shared {
                 // while Nova was down.
                 Ok(port) if port.device_id.is_some() => {
                     let server = port.device_id.as_deref().unwrap_or_default();
-                    match self.cloud.read_server(server).await {
+                    let read = self.cloud.read_server(server).await;
+                    if read.is_ok() || matches!(read, Err(CloudError::NotFound(_))) {
+                        self.pass_failures().done(&reading_server);
+                    }
+                    match read {
                         Err(CloudError::NotFound(_)) => {
                             tracing::debug!(name = %watch.name, port = %port_id, server, "a port left bound to a SOFT_DELETED server names a server Nova no longer has; deleting it");
                             None
@@ -1245,7 +1261,7 @@ impl Shared {
                         // says the server is gone.
                         Err(e) => {
                             let warn = self.pass_failures().failed(
-                                item,
+                                reading_server,
                                 problem_of(&e.clone().into()),
                                 Instant::now(),
                             );
@@ -1276,6 +1292,7 @@ impl Shared {
                 Ok(()) => {
                     tracing::info!(name = %watch.name, port = %port_id, "deleted the port a SOFT_DELETED server kept bound, which Nova has let go of");
                     self.pass_failures().done(&item);
+                    self.pass_failures().done(&reading_server);
                     freed.push(port_id.clone());
                     continue;
                 }

@@ -9322,3 +9322,64 @@ async fn a_free_bound_ports_delete_failing_for_now_is_sent_once_a_pass() {
     assert!(!sim.ports().iter().any(|p| p.id == port), "{}", logs.text());
     assert!(store.list_twin_watches().await.unwrap().is_empty());
 }
+
+/// A port's read failing for now (warned of) then, the pass after, its
+/// delete failing for now (the same kind of error): the delete's failure,
+/// another call's, is warned of too, not left at debug for an hour behind
+/// the read's warning.
+#[tokio::test(start_paused = true)]
+async fn a_bound_ports_failing_delete_after_a_failed_read_is_warned_of() {
+    use pool_manager::cloud::{Cloud, CloudError, NewPortSpec};
+    use pool_manager::model::TwinWatch;
+    let sim = sim();
+    let store = temp_store();
+    let manager = started(&sim, store.clone(), 1).await;
+    let port = sim
+        .create_port(&NewPortSpec {
+            name: "warmpool-order-t-1".into(),
+            network_id: "net-tenant".into(),
+            subnet_id: None,
+            fixed_ip: None,
+        })
+        .await
+        .unwrap()
+        .id;
+    let watch = TwinWatch {
+        name: "warmpool-order-t-1".into(),
+        request_id: "order-t".into(),
+        pool: Some(pool()),
+        volumes: false,
+        keep: Vec::new(),
+        stuck_volume: None,
+        deleted_volumes: Vec::new(),
+        deleted_only: true,
+        bound_ports: vec![port.clone()],
+        until: std::time::SystemTime::UNIX_EPOCH,
+    };
+    assert!(store.cas_twin_watch(None, Some(&watch)).await.unwrap());
+    let logs = Logs::capture_at(tracing::Level::DEBUG);
+    // Pass 1: Neutron's read of the port answers 503: warned of.
+    sim.faults().fail_next_calls_of(
+        "get_port",
+        1,
+        CloudError::Transient("GET /v2.0/ports: HTTP 503".into()),
+    );
+    manager.reconcile().await.unwrap();
+    assert_eq!(logs.warnings().len(), 1, "{}", logs.text());
+    // Pass 2, a minute on: the read answers (unbound), the delete fails for now.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    sim.faults().fail_next_calls_of(
+        "delete_port",
+        1000,
+        CloudError::Transient("DELETE /v2.0/ports: HTTP 404, not from the service".into()),
+    );
+    manager.reconcile().await.unwrap();
+    let warnings = logs.warnings();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("Neutron's delete of it fails")),
+        "the delete's failure is not warned of: {warnings:#?}\n{}",
+        logs.text()
+    );
+}
