@@ -1420,10 +1420,14 @@ impl Shared {
     /// ports a SOFT_DELETED server keeps bound. One that cannot be deleted
     /// (a volume Cinder keeps `error_attaching` until an admin resets it)
     /// holds up none of the others: the first failure is returned beside
-    /// them, once all were tried. The further ones are warned of here, as
-    /// a reconcile pass's items are ([`crate::reconciler::PassFailures`]):
-    /// once per twin and problem, and hourly while it lasts, not at every
-    /// pass, purchase, rollback or release that looks again.
+    /// them, once all were tried. Every failure, the first too, is warned
+    /// of here, as a reconcile pass's items are
+    /// ([`crate::reconciler::PassFailures`]): once per listing or twin and
+    /// problem, and hourly while it lasts, not at every pass, purchase,
+    /// rollback or release that looks again. Callers do not warn of the
+    /// returned one again: paced by whoever looked, a listing newly
+    /// refused that came first (ports are listed before volumes) was left
+    /// at debug behind another's warning of the same kind.
     pub(crate) async fn delete_twins(
         &self,
         watch: &TwinWatch,
@@ -1496,8 +1500,7 @@ impl Shared {
                 Err(e) => failed.push((listing_volumes, e.into())),
             }
         }
-        let mut failed = failed.into_iter();
-        let first = failed.next().map(|(_, e)| e);
+        let mut first = None;
         for (item, e) in failed {
             let warn = self
                 .pass_failures()
@@ -1507,6 +1510,7 @@ impl Shared {
             } else {
                 tracing::debug!(request_id = %watch.request_id, error = %e, "cannot delete a twin of a lost create yet ({item} failed again)");
             }
+            first.get_or_insert(e);
         }
         (left, first.map_or(Ok(()), Err))
     }
@@ -1781,8 +1785,9 @@ impl Shared {
                         // the name, whose passes find it by the name too;
                         // a failed try's port left bound, by id.
                         let (left, looked) = shared.delete_twins(&watch, deadline).await;
+                        // Warned of (paced) by the look, each by its twin.
                         if let Err(e) = looked {
-                            tracing::warn!(request_id = %watch.request_id, error = %e, "cannot delete the twins of a lost create yet; the reconciler tries again");
+                            tracing::debug!(request_id = %watch.request_id, error = %e, "cannot delete the twins of a lost create yet; the reconciler tries again");
                         }
                         if !left.bound_ports.is_empty() {
                             left.follow_in(&mut watch);

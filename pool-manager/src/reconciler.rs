@@ -1117,7 +1117,8 @@ impl Shared {
     /// gone. A look that fails keeps the watch, past its end too: it
     /// may hold the only record of a volume a rollback could not delete
     /// (`error_attaching`), or whose delete Cinder's backend failed
-    /// (`error_deleting`).
+    /// (`error_deleting`); that failure is warned of by
+    /// [`Shared::delete_twins`], not returned.
     async fn watch_for_twins(&self, watch: &TwinWatch) -> ManagerResult<()> {
         let now = self.sizing_book().wall_now(&self.settings.sizing);
         let mut next = watch.clone();
@@ -1352,7 +1353,7 @@ impl Shared {
         // (which the watch written over it still lists) and by id.
         if next != Some(watch) && !self.store.cas_twin_watch(Some(watch), next).await? {
             tracing::debug!(name = %watch.name, "twin watch written over during the pass; the next pass looks at it");
-            return all_deleted;
+            return Ok(());
         }
         // Once: announced after the mark that says it was is written.
         for volume_id in stuck {
@@ -1365,7 +1366,10 @@ impl Shared {
                 },
             );
         }
-        all_deleted
+        // A twin not deleted keeps the watch (`ended`), and was warned of
+        // by `delete_twins`, paced by its listing or twin: not again as
+        // this pass's item, paced by the watch's name and the kind only.
+        Ok(())
     }
 
     /// An Allocate in this process is working on the request right now.

@@ -9383,3 +9383,51 @@ async fn a_bound_ports_failing_delete_after_a_failed_read_is_warned_of() {
         logs.text()
     );
 }
+
+/// Each failure of a look for twins is paced by its own listing or twin,
+/// the first too: the port listing newly refused (ports are listed before
+/// volumes) is warned of, though the volumes' refusal, warned of already,
+/// came first until then; the volumes' is not warned of again.
+#[tokio::test(start_paused = true)]
+async fn a_twin_listing_newly_refused_is_warned_of() {
+    use pool_manager::cloud::CloudError;
+    let logs = Logs::capture();
+    let sim = sim();
+    let cloud = GatedCloud::new(&sim);
+    let manager = started_paused(&cloud, temp_store(), 2).await;
+    cloud.lose_next_answer("create_volume");
+    cloud.lose_next_answer("create_port");
+    let refused =
+        |what: &str| CloudError::Fatal(format!("{what}: policy does not allow (HTTP 403)"));
+    sim.faults()
+        .fail_next_calls_of("find_volumes_by_name", u64::MAX, refused("volumes"));
+    let a = manager
+        .allocate(request("o-1", new_volume(), EmptyPoolPolicy::FailFast))
+        .await
+        .unwrap();
+    assert!(a.creates_in_doubt);
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        manager.reconcile().await.unwrap();
+    }
+    let volumes_before = logs.count("WARN", "volumes: policy does not allow");
+    // Neutron's policy now refuses the port listing too.
+    sim.faults()
+        .fail_next_calls_of("find_ports_by_name", u64::MAX, refused("ports"));
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        manager.reconcile().await.unwrap();
+    }
+    let volumes_after = logs.count("WARN", "volumes: policy does not allow");
+    assert!(
+        logs.count("WARN", "ports: policy does not allow") >= 1,
+        "the ports' refusal never warned of (volumes' warned {volumes_before} then {volumes_after}): {:#?}",
+        logs.warnings()
+    );
+    assert_eq!(
+        volumes_after,
+        volumes_before,
+        "the volumes' refusal, warned of already, warned of again: {:#?}",
+        logs.warnings()
+    );
+}
