@@ -417,6 +417,12 @@ impl PoolHealth {
         self.degraded && self.check_mark.is_none_or(|m| !m.recheck && m.boot)
     }
 
+    /// Whether its failed boots degrade the pool (as opposed to, or beside,
+    /// a failed cloud check's mark): its verdict then names their error.
+    pub fn degraded_by_boots(&self) -> bool {
+        self.degraded && self.consecutive_boot_failures >= DEGRADED_AFTER
+    }
+
     /// Whether the pool's start-up check is to be made again at `now`: its
     /// mark waits for it, and its pause (as [`Self::boot_backoff`] reckons
     /// it, but never lifted for refusals the gate paces: each check made

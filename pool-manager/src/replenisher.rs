@@ -1702,11 +1702,15 @@ impl Shared {
     /// Shows why a boot's server create keeps failing transiently (Nova
     /// answering 500, a timeout), once per boot: logged at WARN, on the
     /// instance while it is still the boot's (`Booting`, no server), and
-    /// then as its pool's last error unless the pool is degraded (its
-    /// last error then says why). A degraded pool's is logged at debug:
-    /// its every boot failing so, each would be two warnings, this and the
-    /// boot's failure, which names the same error. The retries go on
-    /// meanwhile; a store that fails this loses only what it shows.
+    /// then as its pool's last error unless its failed boots degrade the
+    /// pool (its last error then says why). Such a pool's is logged at
+    /// debug: its every boot failing so, each would be two warnings, this
+    /// and the boot's failure, which names the same error. Not a pool a
+    /// failed cloud check degraded (its mark waiting for a Ready boot once
+    /// the check passes again): nothing else would show these creates
+    /// failing before boot_timeout, its last error still naming the check
+    /// mended since. The retries go on meanwhile; a store that fails this
+    /// loses only what it shows.
     async fn note_create_failing(
         &self,
         instance: &Instance,
@@ -1718,7 +1722,11 @@ impl Shared {
             "the server create failed {failures} times in a row ({error}); retried until boot_timeout ({})",
             humantime::format_duration(boot_timeout)
         );
-        if self.health_book().health(&instance.pool).degraded {
+        let by_boots = self
+            .health_book()
+            .health(&instance.pool)
+            .degraded_by_boots();
+        if by_boots {
             tracing::debug!(pool = %instance.pool, instance = %instance.id, error = %error, failures, "the cloud keeps failing this boot's server create; retrying it until boot_timeout");
         } else {
             tracing::warn!(pool = %instance.pool, instance = %instance.id, error = %error, failures, "the cloud keeps failing this boot's server create; retrying it until boot_timeout");
@@ -1748,7 +1756,7 @@ impl Shared {
                 return;
             }
         }
-        if self.health_book().health(&instance.pool).degraded {
+        if by_boots {
             return;
         }
         let at = self.sizing_book().wall_now(&self.settings.sizing);

@@ -2127,3 +2127,96 @@ async fn a_degraded_pools_failed_boot_is_one_warning() {
         "{warnings:#?}"
     );
 }
+
+/// A pool degraded by a failed cloud check, not by boots: once the check
+/// passes again its mark waits for a Ready boot, and a boot whose creates
+/// Nova keeps failing (500) is warned of early, as a healthy pool's is,
+/// and shown as the pool's last error: nothing else says so before
+/// boot_timeout, the last error still naming the check mended since.
+#[tokio::test(start_paused = true)]
+async fn a_pool_a_cloud_check_degraded_warns_of_creates_failing_before_boot_timeout() {
+    let logs = warmpool_test_support::Logs::capture();
+    let sim = sim();
+    let failing = Arc::new(AtomicBool::new(false));
+    let cloud = GatedCloud::with_fault(&sim, {
+        let failing = failing.clone();
+        move |method| {
+            (method == "create_server" && failing.load(Ordering::SeqCst))
+                .then(|| CloudError::Transient("Nova answered 500".into()))
+        }
+    });
+    let manager = PoolManager::new(
+        temp_store(),
+        cloud.clone(),
+        Arc::new(sim.probe()),
+        settings(),
+    );
+    manager.start().await.unwrap();
+    let full = pool_manager::model::PoolSpec {
+        min_ready: 1,
+        max_ready: 1,
+        ..spec(1)
+    };
+    manager.create_pool(pool(), full).await.unwrap();
+    wait_ready(&manager, 1).await;
+    failing.store(true, Ordering::SeqCst);
+    let since = logs.text().len();
+    manager
+        .mark_unusable(
+            &pool(),
+            "start-up cloud check: network: no network named 'mgmt'",
+            MarkProof::RecheckAndBoot,
+        )
+        .await
+        .unwrap();
+    // The check passes again; the mark waits for a Ready boot.
+    let mut passed = None;
+    for _ in 0..3600 {
+        let health = manager.get_pool(&pool()).await.unwrap().health;
+        if health.check_mark.is_some_and(|m| !m.recheck) {
+            passed = Some(tokio::time::Instant::now());
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let booting_from = passed.expect("the check passes again within an hour");
+    // Well before boot_timeout, when the boot's own failure is warned of.
+    let early = booting_from + spec(1).boot_timeout / 2;
+    let mut warned = None;
+    while tokio::time::Instant::now() < early {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let text = logs.text();
+        warned = text[since..]
+            .lines()
+            .find(|l| {
+                l.split_whitespace().nth(1) == Some("WARN")
+                    && l.contains("keeps failing this boot's server create")
+                    && l.contains("Nova answered 500")
+            })
+            .map(str::to_owned);
+        if warned.is_some() {
+            break;
+        }
+    }
+    let status = manager.get_pool(&pool()).await.unwrap();
+    let text = logs.text();
+    manager.shutdown().await.unwrap();
+    assert!(
+        status.health.degraded,
+        "still degraded, no boot Ready: {status:?}"
+    );
+    assert!(
+        warned.is_some(),
+        "no WARN of the failing creates well before boot_timeout: {}",
+        &text[since..]
+    );
+    assert!(
+        status
+            .record
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("Nova answered 500")),
+        "the pool's last error: {:?}",
+        status.record.last_error
+    );
+}
