@@ -637,9 +637,11 @@ fn quota_room(s: &api::SizingStatus) -> String {
         }
         // A flavor's quota is polled only while one of its pools wants
         // boots: a new flavor's, and one of pools at rest, is not read.
-        // (A warmpoold older than quota_read_at never sets it: against
-        // one, unlimited limits read as not read yet too.)
-        None => "not read yet (read when one of the flavor's pools or purchases boots)".to_owned(),
+        // A warmpoold older than quota_read_at never sets it: against one,
+        // unlimited limits look the same, hence the hedge.
+        None => "not read yet (read when one of the flavor's pools or purchases boots; or \
+                 unlimited, if warmpoold is older than this warmpoolctl)"
+            .to_owned(),
     }
 }
 
@@ -1433,7 +1435,7 @@ mod tests {
         sizing.quota_read_at = None;
         let text = pool_detail(&pool, SystemTime::now());
         assert!(
-            text.contains("quota:             not read yet (read when one of the flavor's pools or purchases boots)\n"),
+            text.contains("quota:             not read yet (read when one of the flavor's pools or purchases boots; or unlimited, if warmpoold is older than this warmpoolctl)\n"),
             "{text}"
         );
         let read = prost_types::Timestamp {
@@ -1542,7 +1544,7 @@ mod tests {
         let text = pool_detail(&pool, SystemTime::now());
         assert!(
             text.contains("plan:              not made yet: the pool's next replenish step makes it (a failed step makes none and is logged)\n")
-                && text.contains("quota:             not read yet (read when one of the flavor's pools or purchases boots)\n"),
+                && text.contains("quota:             not read yet (read when one of the flavor's pools or purchases boots; or unlimited, if warmpoold is older than this warmpoolctl)\n"),
             "{text}"
         );
         pool.spec.as_mut().unwrap().paused = true;
