@@ -42,8 +42,8 @@ use crate::error::{ApiCall, ManagerError, ManagerResult};
 use crate::events::{AllocationOutcome, EventKind};
 use crate::gate::{self, BootTicket, Gate, ThrottledCall};
 use crate::manager::{
-    noted_service, validate_name, validate_optional_name, validate_path_id, validate_pool_key,
-    PoolManager, Shared,
+    noted_service, noting_service, validate_name, validate_optional_name, validate_path_id,
+    validate_pool_key, PoolManager, Shared,
 };
 use crate::model::{
     Allocation, AllocationParams, AllocationState, EmptyPoolPolicy, Instance, InstanceState,
@@ -1243,10 +1243,13 @@ impl Shared {
     /// Calls the cloud through [`Shared::retry`] (Retry-After honoured, never
     /// past `deadline`), stretching each Retry-After by the gate's seeded
     /// jitter so that allocations throttled together do not come back
-    /// together. A purchase's call names its pool's zone (`az`): a 429/413
-    /// to it pauses new boots there as a boot's does (the gate counts it,
-    /// and refills stop adding calls to a cloud turning purchases away),
-    /// while the purchase waits out its own pause.
+    /// together. A purchase's call names its pool's zone (`az`, where the
+    /// gate counts it): a 429/413 to it pauses the service that answered
+    /// (Keystone's, for one to the token renewal inside it) for every AZ,
+    /// so refills calling that service stop adding calls to a cloud
+    /// turning purchases away, while the purchase waits out its own pause.
+    /// It is no boot's call: no zone's window is halved (a cold boot's
+    /// quota poll's Nova 429 is a boot's, [`Self::quota_room`]).
     async fn patiently<T, F, Fut>(
         &self,
         deadline: Instant,
@@ -3040,12 +3043,15 @@ impl Shared {
     /// re-polled when a poll is due ([`Gate::purchase_poll_at`]: the
     /// refills' `headroom_interval`, or at once once a refusal, or a server
     /// seen gone since the last poll was sent, made it stale; not while
-    /// the zone waits out a throttle) and it says "full", or a quota
+    /// Nova's or Keystone's throttle pause, every AZ's, holds the pool)
+    /// and it says "full", or a quota
     /// refusal since made it stale: the room it shows is not trusted then
     /// (trusted, a purchase whose boot the cloud refused booted again and
     /// again on it, each refused, until the next poll). The cache is the
     /// one the replenisher's polls share; a failing poll says "not known
-    /// to be full", and its 429 is the gate's, as a refill's poll's is.
+    /// to be full", and its 429 is the gate's, as a refill's poll's is:
+    /// Nova's pauses every AZ's refills and halves the zone's window (a
+    /// boot's own call), Keystone's (its token renewal) halves nothing.
     async fn quota_room<'a>(
         &'a self,
         pool: &'a crate::model::PoolKey,
@@ -3073,7 +3079,7 @@ impl Shared {
             }
             gate.boots_started()
         };
-        let polled = self.poll_headroom(flavor).await;
+        let (polled, service) = noting_service(self.poll_headroom(flavor)).await;
         let now = Instant::now();
         let mut gate = gate::lock(&self.gate);
         let room = match polled {
@@ -3087,8 +3093,12 @@ impl Shared {
             Err(e) => {
                 if let ManagerError::Cloud(CloudError::Throttled { retry_after, .. }) = &e {
                     // Nova's limits (Neutron's port quota failing is no
-                    // failed poll): the cold boot's own call.
-                    gate.throttled(az, ThrottledCall::BOOT, *retry_after, now);
+                    // failed poll): the cold boot's own call, which
+                    // halves the zone's window as a refill's poll does. Or
+                    // the token renewal inside it: Keystone's, which
+                    // halves nothing.
+                    let call = ThrottledCall::new(service, true);
+                    gate.throttled(az, call, *retry_after, now);
                 }
                 // Once per outage, as the refills' polls are.
                 if gate.headroom_failing(flavor) {

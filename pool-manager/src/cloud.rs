@@ -715,6 +715,17 @@ pub fn note_side_call(call: SideCall) {
     let _ = SIDE_CALLS.try_with(|calls| calls.borrow_mut().push(call));
 }
 
+/// Whether `error` (a call's) is the failure of a token request among the
+/// call's `side_calls`: the call failed at Keystone, not at its service.
+pub fn failed_at_keystone(side_calls: &[SideCall], error: Option<&CloudError>) -> bool {
+    error.is_some_and(|error| {
+        side_calls.iter().any(|side| {
+            side.service == crate::events::CloudService::Identity
+                && side.error.as_ref() == Some(error)
+        })
+    })
+}
+
 /// Tells the caller collecting side calls that the error `was` of the
 /// side calls noted so far is now `now` (a driver rewrote its message to
 /// say what the call was for, [`CloudError::map_message`]): a wrapper

@@ -202,7 +202,10 @@ impl GateSettings {
 /// create are cached for minutes, and a 429 to one is the create's
 /// (counted as compute's); the management network's lookup in a status
 /// read does without Neutron, which it asks again after its own pause.
-pub const REFILL_SERVICES: &[CloudService] = &[CloudService::Compute];
+/// Keystone's too: each call needs a token, and a 429 to a renewal inside
+/// a boot's call pauses Keystone (no window is halved for it: Nova did
+/// not throttle).
+pub const REFILL_SERVICES: &[CloudService] = &[CloudService::Compute, CloudService::Identity];
 
 /// A call the cloud throttled, as the gate judges it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

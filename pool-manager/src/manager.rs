@@ -5,9 +5,9 @@
 
 use crate::changes::{ChangeCursor, Changes};
 use crate::cloud::{
-    BootHeadroom, Cloud, CloudChange, CloudError, CloudIdentity, CloudResult, FlavorIops,
-    ImageMiss, Network, NetworkShare, NewPortSpec, NewVolumeSpec, Port, Server, ServerSpec, Volume,
-    MAX_RETRY_AFTER, MIN_RETRY_PAUSE,
+    collecting_side_calls, failed_at_keystone, note_side_call, BootHeadroom, Cloud, CloudChange,
+    CloudError, CloudIdentity, CloudResult, FlavorIops, ImageMiss, Network, NetworkShare,
+    NewPortSpec, NewVolumeSpec, Port, Server, ServerSpec, Volume, MAX_RETRY_AFTER, MIN_RETRY_PAUSE,
 };
 use crate::error::{ApiCall, ManagerError, ManagerResult};
 use crate::events::{
@@ -705,30 +705,52 @@ pub(crate) fn noted_service() -> Option<CloudService> {
 
 /// `call`'s outcome, and the service of the last cloud call it made (the
 /// one that failed, for a call stopped by its first error): for a caller
-/// outside [`Shared::retry`] that tells the gate of a 429.
+/// that tells the gate of a 429, outside [`Shared::retry`] or inside one
+/// of its attempts (whose pause is then attributed to the service too).
 pub(crate) async fn noting_service<T>(call: impl Future<Output = T>) -> (T, Option<CloudService>) {
-    CALL_SERVICE
+    let (outcome, service) = CALL_SERVICE
         .scope(Cell::new(None), async move {
             let outcome = call.await;
             (outcome, noted_service())
         })
-        .await
+        .await;
+    if let Some(service) = service {
+        let _ = CALL_SERVICE.try_with(|noted| noted.set(Some(service)));
+    }
+    (outcome, service)
 }
 
 /// Wraps the manager's cloud to note which service each call goes to, for
-/// [`Shared::retry`]'s pause events. Transparent otherwise.
+/// [`Shared::retry`]'s pause events and the gate's pauses. Transparent
+/// otherwise.
 struct ServiceNoting {
     inner: Arc<dyn Cloud>,
 }
 
 impl ServiceNoting {
+    /// `call` (a method of `service`'s), noted as `service`'s, or as
+    /// Keystone's when it failed at a token request inside it (a renewal,
+    /// a login again: a failed Identity [`SideCall`] with the call's
+    /// error): a Keystone 429 is no 429 of the service called, whose
+    /// pause (and, for Nova, a zone's window) it must not take.
     async fn noted<T>(
         service: CloudService,
         call: impl Future<Output = CloudResult<T>>,
     ) -> CloudResult<T> {
         // Outside a retry attempt there is nothing to tell.
         let _ = CALL_SERVICE.try_with(|noted| noted.set(Some(service)));
-        call.await
+        let (result, side_calls) = collecting_side_calls(call).await;
+        let service = if failed_at_keystone(&side_calls, result.as_ref().err()) {
+            CloudService::Identity
+        } else {
+            service
+        };
+        // Passed on: a caller collecting side calls sees them still.
+        for side in side_calls {
+            note_side_call(side);
+        }
+        let _ = CALL_SERVICE.try_with(|noted| noted.set(Some(service)));
+        result
     }
 }
 
@@ -1500,6 +1522,7 @@ impl PoolManager {
         let paused = self.shared.paused_calls();
         CloudService::ALL
             .into_iter()
+            .chain([CloudService::Identity])
             .map(Some)
             .chain([None])
             .map(|service| (service, paused.get(&service).copied().unwrap_or(0)))

@@ -541,7 +541,7 @@ impl Shared {
             }
             gate.boots_started()
         };
-        let result = self.poll_headroom(flavor).await;
+        let (result, service) = noting_service(self.poll_headroom(flavor)).await;
         let now = Instant::now();
         let mut gate = gate::lock(&self.gate);
         match result {
@@ -558,9 +558,11 @@ impl Shared {
             Err(e) => {
                 if let ManagerError::Cloud(CloudError::Throttled { retry_after, .. }) = &e {
                     // Nova's limits (Neutron's port quota failing is no
-                    // failed poll): the refills' own call.
+                    // failed poll): the refills' own call. Or the token
+                    // renewal inside it: Keystone's, which halves nothing.
                     let az = &pool.availability_zone;
-                    gate.throttled(az, ThrottledCall::BOOT, *retry_after, now);
+                    let call = ThrottledCall::new(service, true);
+                    gate.throttled(az, call, *retry_after, now);
                 }
                 // Once per outage: a pool below its target polls every
                 // `headroom_interval`, 2,880 times a day at the default.
@@ -580,6 +582,8 @@ impl Shared {
         CloudService::Compute,
         CloudService::Volume,
         CloudService::Image,
+        // Each call needs a token: a renewal Keystone throttled.
+        CloudService::Identity,
     ];
 
     /// Makes the pool's start-up cloud check again, for its mark
@@ -1363,16 +1367,19 @@ impl Shared {
     /// that is no quota, a 503 with a Retry-After): a compute 429 to a
     /// boot, which pauses Nova's refills everywhere and halves the zone's
     /// window. A Glance or Neutron lookup in a create is counted so too
-    /// (the wrapper knows the method's service alone).
+    /// (the wrapper knows the method's service alone). A 429 to the token
+    /// renewal inside the call is Keystone's ([`CloudService::Identity`]):
+    /// it pauses refills (they need tokens) but halves no window.
     async fn watch_throttle<T>(
         &self,
         az: &str,
         call: impl Future<Output = CloudResult<T>>,
     ) -> CloudResult<T> {
-        let result = call.await;
+        let (result, service) = noting_service(call).await;
         if let Err(CloudError::Throttled { retry_after, .. }) = &result {
             let now = Instant::now();
-            gate::lock(&self.gate).throttled(az, ThrottledCall::BOOT, *retry_after, now);
+            let call = ThrottledCall::new(service, true);
+            gate::lock(&self.gate).throttled(az, call, *retry_after, now);
         }
         result
     }

@@ -3953,3 +3953,49 @@ fn a_purchase_admitted_takes_the_room_from_purchases_and_refills() {
     assert_eq!(g.purchase_headroom("db.small", None), Some(0));
     assert_eq!(g.admission("az1", "db.small", t0).headroom, Some(0));
 }
+
+/// A Keystone 429 to the token renewal inside a refill's create
+/// (the OpenStack driver notes it as a failed Identity side call and
+/// returns the call's error as Throttled) is no compute 429: it does not
+/// halve the zone's window, and the hold names Keystone's Retry-After.
+#[tokio::test(start_paused = true)]
+async fn a_keystone_429_to_a_boots_token_renewal_is_not_novas() {
+    use pool_manager::cloud::{note_side_call, SideCall};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let sim = sim();
+    let armed = Arc::new(AtomicBool::new(true));
+    let fault = armed.clone();
+    let cloud = GatedCloud::with_fault(&sim, move |method| {
+        (method == "create_server" && fault.swap(false, Ordering::SeqCst)).then(|| {
+            let e = CloudError::Throttled {
+                retry_after: None,
+                message: "auth: Keystone answered 429".into(),
+                unavailable: false,
+            };
+            note_side_call(SideCall {
+                service: CloudService::Identity,
+                took: secs(0),
+                error: Some(e.clone()),
+            });
+            e
+        })
+    });
+    let manager = manager_over(&cloud, temp_store());
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), spec(2)).await.unwrap();
+    tokio::time::sleep(secs(2)).await;
+    assert!(!armed.load(Ordering::SeqCst), "a boot met the 429");
+    let gate = manager.get_pool(&pool()).await.unwrap().sizing.gate;
+    assert_eq!(gate.decreases, 0, "Nova never throttled: {gate:?}");
+    // Keystone's pause: refills need tokens, so they wait it out.
+    assert!(
+        matches!(
+            gate.hold,
+            Some(Hold::Throttled {
+                service: CloudService::Identity,
+                ..
+            })
+        ),
+        "shown as another service's Retry-After: {gate:?}"
+    );
+}

@@ -688,8 +688,9 @@ impl Metrics {
             touch(&m.cloud_throttled, &ServiceLabels { service });
         }
         for service in CloudService::ALL
-            .map(CloudService::as_str)
             .into_iter()
+            .chain([CloudService::Identity])
+            .map(CloudService::as_str)
             .chain([UNKNOWN_SERVICE])
         {
             touch(&m.retry_pauses, &ServiceLabels { service });

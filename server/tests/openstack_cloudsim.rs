@@ -3689,7 +3689,22 @@ async fn a_server_reads_management_network_lookup_is_metered_as_the_networks_cal
     env.face
         .faults()
         .throttle_next(Service::Network, 50, Duration::from_secs(30));
-    let read = cloud.read_server(&server.id).await.unwrap();
+    // The manager's wrapper, outside this one, still sees the side call
+    // (it tells a Keystone 429 from the called service's by them).
+    let (read, side_calls) =
+        pool_manager::cloud::collecting_side_calls(cloud.read_server(&server.id)).await;
+    let read = read.unwrap();
+    assert!(
+        matches!(
+            side_calls.as_slice(),
+            [pool_manager::cloud::SideCall {
+                service: pool_manager::events::CloudService::Network,
+                error: Some(CloudError::Throttled { .. }),
+                ..
+            }]
+        ),
+        "passed on: {side_calls:?}"
+    );
     assert_eq!(read.status, ServerStatus::Active);
     assert_eq!(
         (

@@ -11,9 +11,9 @@
 use super::Metrics;
 use async_trait::async_trait;
 use pool_manager::cloud::{
-    collecting_side_calls, BootHeadroom, Cloud, CloudError, CloudIdentity, CloudResult, FlavorIops,
-    ImageMiss, Network, NetworkShare, NewPortSpec, NewVolumeSpec, Port, Server, ServerSpec,
-    SideCall, Volume,
+    collecting_side_calls, failed_at_keystone, note_side_call, BootHeadroom, Cloud, CloudIdentity,
+    CloudResult, FlavorIops, ImageMiss, Network, NetworkShare, NewPortSpec, NewVolumeSpec, Port,
+    Server, ServerSpec, SideCall, Volume,
 };
 use pool_manager::events::CloudService;
 use std::collections::BTreeMap;
@@ -60,6 +60,11 @@ impl MeteredCloud {
             self.metrics
                 .observe_cloud(service, result.as_ref().err(), took);
         }
+        // Passed on to the caller's collector (the manager's, which tells
+        // the gate a Keystone 429 from the called service's).
+        for side in side_calls {
+            note_side_call(side);
+        }
         result
     }
 
@@ -84,15 +89,6 @@ impl MeteredCloud {
         }
         took
     }
-}
-
-/// Whether `error` is the failure of a token request among `side_calls`.
-fn failed_at_keystone(side_calls: &[SideCall], error: Option<&CloudError>) -> bool {
-    error.is_some_and(|error| {
-        side_calls.iter().any(|side| {
-            side.service == CloudService::Identity && side.error.as_ref() == Some(error)
-        })
-    })
 }
 
 #[async_trait]
