@@ -6,19 +6,27 @@
 //! - **Retry-After, per API service.** A throttle (a 429/413, or a 503
 //!   naming a Retry-After) seen by any boot, or by a purchase's calls (its
 //!   creates and attaches), pauses the service that answered (compute,
-//!   volume, network, image: [`ThrottledCall`]): one regional API for every
+//!   volume, network, image, identity: [`ThrottledCall`]): one regional API for every
 //!   AZ, so the pause holds every AZ's calls to it, until the time the
 //!   cloud named, stretched for each pool by its own random factor in
 //!   `[1, 1 + jitter]` (drawn once per pause, when the pool first asks) so
 //!   the pools do not return in lockstep. *New* refill boots wait out the
-//!   pauses of the services they call ([`REFILL_SERVICES`]: Nova's; a
+//!   pauses of the services they call ([`REFILL_SERVICES`]: Nova's and
+//!   Keystone's; a
 //!   create's Glance and Neutron name lookups are cached for minutes, and
 //!   a 429 to one counts as the create's), so a purchase's Cinder or
 //!   Neutron 429 holds no refill. (Single calls are retried after
 //!   Retry-After by `Shared::retry`, a purchase's too; the gate keeps the
 //!   replenisher from adding calls meanwhile.) A compute 429 to a boot's
 //!   own call (its quota poll, create or status read) also halves the
-//!   window of the boot's AZ, once per throttling episode there.
+//!   window of the boot's AZ, once per throttling episode there. A
+//!   purchase's cold boot is a boot: its quota poll (Nova's limits, polled
+//!   for the boot it is about to start), create and status reads halve the
+//!   zone's window on a Nova 429; the purchase's other calls (its volume,
+//!   its tenant port, its attaches, Nova's too) pause their service and
+//!   halve nothing, as they add no build to the zone's compute hosts. A 429 to the token renewal inside any call is Keystone's
+//!   ([`CloudService::Identity`]): refills wait it out (every call needs a
+//!   token, [`REFILL_SERVICES`]) and no window is halved.
 //! - **AIMD window, per AZ.** Builds in flight per AZ (boot request until the
 //!   server is ACTIVE: the part compute hosts serialize; mysqld then starts
 //!   inside the guest) are limited by a window that grows while builds

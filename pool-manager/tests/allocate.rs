@@ -3349,14 +3349,18 @@ async fn throttled_attach_and_create_calls_wait_out_retry_after_on_the_same_inst
     assert_consistent(&sim, &manager).await;
 }
 
-/// A purchase's 429/413 is one the AZ's gate sees, as a boot's is: new
-/// boots there wait (the cloud named how long), and GetPool counts it in
-/// `throttled_responses` ("429/413 answers seen in the AZ"). The purchase
-/// itself waits out its own Retry-After and goes on with the instance it
-/// has. It never told the gate: refills kept adding calls to a cloud
-/// that was turning a purchase away.
+/// A purchase's 429/413 is one its zone's gate counts (GetPool's
+/// `throttled_responses`, "429/413 answers seen in the AZ") and a pause of
+/// the service that answered, every AZ's: Nova answered the attach, so new
+/// refill boots in every zone wait (the cloud named how long). An attach is
+/// no boot's call: the zone's window is not halved (only a boot's own Nova
+/// 429, a cold boot's quota poll's too, halves it). The purchase itself
+/// waits out its own Retry-After and goes on with the instance it has. It
+/// never told the gate: refills kept adding calls to a cloud that was
+/// turning a purchase away.
 #[tokio::test(start_paused = true)]
-async fn a_purchases_429_pauses_new_boots_in_its_zone() {
+async fn a_purchases_attach_429_pauses_nova_refills_in_every_zone_and_halves_no_window() {
+    use pool_manager::events::CloudService;
     use pool_manager::gate::Hold;
     let sim = sim();
     let first = AtomicBool::new(true);
@@ -3370,8 +3374,15 @@ async fn a_purchases_429_pauses_new_boots_in_its_zone() {
         })
     });
     let manager = started_paused(&cloud, temp_store(), 1).await;
+    // A pool of another zone, which the purchase never touches.
+    let elsewhere = PoolKey::new("db.small", "az2");
+    manager
+        .create_pool(elsewhere.clone(), spec(1))
+        .await
+        .unwrap();
     let gate = manager.get_pool(&pool()).await.unwrap().sizing.gate;
     assert_eq!((gate.throttled, gate.hold), (0, None), "{gate:?}");
+    let decreases_before = gate.decreases;
     let mut order = request("order-wait-429", new_volume(), EmptyPoolPolicy::Wait);
     order.timeout = Some(Duration::from_secs(600));
     let buyer = manager.clone();
@@ -3379,10 +3390,14 @@ async fn a_purchases_429_pauses_new_boots_in_its_zone() {
     tokio::time::sleep(Duration::from_secs(10)).await;
     let gate = manager.get_pool(&pool()).await.unwrap().sizing.gate;
     assert_eq!(gate.throttled, 1, "{gate:?}");
-    assert!(
-        matches!(gate.hold, Some(Hold::Throttled { until, .. }) if until >= tokio::time::Instant::now() + Duration::from_secs(40)),
-        "{gate:?}"
+    let held_by_nova = |hold: Option<Hold>| matches!(hold, Some(Hold::Throttled { until, service: CloudService::Compute }) if until >= tokio::time::Instant::now() + Duration::from_secs(40));
+    assert!(held_by_nova(gate.hold), "{gate:?}");
+    assert_eq!(
+        gate.decreases, decreases_before,
+        "an attach halved the window: {gate:?}"
     );
+    let other = manager.get_pool(&elsewhere).await.unwrap().sizing.gate;
+    assert!(held_by_nova(other.hold), "az2 not paused: {other:?}");
     let allocation = purchase.await.unwrap().unwrap();
     assert_eq!(allocation.state, AllocationState::Allocated);
     assert!(allocation.warm_hit);
