@@ -163,9 +163,9 @@ pub fn lead_cell(pool: &api::Pool) -> String {
     format!("{}{}", if prior { "~" } else { "" }, duration_compact(p90))
 }
 
-/// The availability zone's throttle gate as one token: "open",
-/// "throttled:4.5s", "quota:30s" (time left at `now`), "off" (gate
-/// disabled). The time left is counted to `paused_until`: a watch is not
+/// The pool's throttle gate hold as one token: "open", "throttled:4.5s"
+/// (a service's Retry-After pause, every AZ's: `throttled_service` names
+/// it), "quota:30s" (time left at `now`), "off" (gate disabled). The time left is counted to `paused_until`: a watch is not
 /// sent a pool as its pause counts down, so the `pause_remaining` of the
 /// last message would stand still. A client clock off the daemon's shifts
 /// it by as much; `pause_remaining` serves a daemon that sends no end.

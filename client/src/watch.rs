@@ -13,8 +13,9 @@
 //! after which it arrived. On a terminal a frame replaces the previous one;
 //! otherwise (a pipe, a test) frames are appended, each terminated by a
 //! blank line, so a reader can consume them line by line and knows a frame
-//! is complete when it sees the blank line. While a zone's throttle gate
-//! holds boots, a terminal is also redrawn every second, for the countdown
+//! is complete when it sees the blank line. While a throttle gate's pause
+//! (a service's Retry-After, every AZ's) or quota hold keeps a pool's
+//! boots waiting, a terminal is also redrawn every second, for the countdown
 //! (the server does not send a pool again as its pause counts down), and
 //! every 5 s while a LAST ERROR shows its age (a quiet pool may send
 //! nothing for hours).
@@ -595,7 +596,7 @@ mod tests {
         }
     }
 
-    /// A pool held by its zone's throttle gate, its pause ending `left`
+    /// A pool held by a service's throttle pause, its pause ending `left`
     /// from `now` though the message says `remaining`.
     fn throttled(now: SystemTime, left: Duration, remaining: i64) -> api::Pool {
         let mut pool = sample_pools().remove(0);
