@@ -499,12 +499,24 @@ impl Shared {
         } else {
             (target, window_min, last_plan)
         };
+        // A pool whose start-up check is pending boots nothing until the
+        // check is made again, which waits out the pauses of every service
+        // it calls (`replenish_step`): a Cinder or Glance pause holds it
+        // too, though it holds no refill.
+        let check_pending = self.health_book().health(&record.key).check_pending();
         let (mut gate, quota) = {
             let mut gate = gate::lock(&self.gate);
-            (
-                gate.status(&record.key.availability_zone, &record.key.flavor, now),
-                gate.headroom_status(&record.key.flavor),
-            )
+            let (az, flavor) = (&record.key.availability_zone, &record.key.flavor);
+            let mut status = gate.status(az, flavor, now);
+            let recheck_pause = check_pending
+                .then(|| gate.paused_until(Self::RECHECK_SERVICES, az, flavor, now))
+                .flatten();
+            if let Some((until, service)) = recheck_pause {
+                if status.hold.is_none_or(|hold| hold.until() < until) {
+                    status.hold = Some(Hold::Throttled { until, service });
+                }
+            }
+            (status, gate.headroom_status(flavor))
         };
         if record.draining {
             // Nothing of it waits for the gate: a hold would read as one

@@ -1749,9 +1749,10 @@ async fn a_marked_pool_below_target_boots_nothing_until_its_check_passes() {
     manager.shutdown().await.unwrap();
 }
 
-/// A re-check answered 429 with a Retry-After of 10 minutes: the zone's
-/// throttle holds the pool's next check as it holds the headroom poll,
-/// rather than the pool's own pause sending it again inside the hold.
+/// A re-check answered 429 with a Retry-After of 10 minutes: Cinder's
+/// pause holds the pool's next check as Nova's holds the headroom poll,
+/// rather than the pool's own pause sending it again inside the hold, and
+/// the pool's gate shows that hold.
 #[tokio::test(start_paused = true)]
 async fn rechecks_wait_out_a_retry_after() {
     let sim = sim();
@@ -1786,6 +1787,19 @@ async fn rechecks_wait_out_a_retry_after() {
     assert_eq!(
         n, 1,
         "rechecks sent inside a 10-min Retry-After; gate {:?}",
+        st.sizing.gate
+    );
+    // What the pool waits for is shown (GetPool, WatchPools, the hold
+    // metric): Cinder's pause, not OPEN.
+    assert!(
+        matches!(
+            st.sizing.gate.hold,
+            Some(pool_manager::gate::Hold::Throttled {
+                service: CloudService::Volume,
+                ..
+            })
+        ),
+        "the check's wait shows no hold: {:?}",
         st.sizing.gate
     );
     // The 429 earned the pool no longer pause: once the throttle is over
