@@ -96,16 +96,17 @@
 //!   fails, nothing is capped and the refusal-driven pause below paces
 //!   refills: a `QuotaExceeded` stops speculative refills in every AZ for a
 //!   backoff that doubles while the cloud keeps refusing, and starts over
-//!   after a boot reaches ACTIVE or once the last pause ended more than
-//!   `quota_backoff_max` ago. The pause is for headroom that cannot be
-//!   read: a flavor whose poll, sent after the last refusal, read its
-//!   limits is held by that poll's cap instead (room, or none until its
-//!   next poll), not by the pause. Unless a boot started during the pause
-//!   was refused while it lasted: the polls then do not see what refuses
-//!   (the port quota when Neutron will not tell it, another user of the
-//!   project taking the room first), and would lift the pause at every
-//!   refusal, so the pause holds whatever they show until the backoff
-//!   starts over.
+//!   after a boot sent since the last refusal reaches ACTIVE (quota is
+//!   charged at the create: one sent before says nothing of it now) or
+//!   once the last pause ended more than `quota_backoff_max` ago. The
+//!   pause is for headroom that cannot be read: a flavor whose poll, sent
+//!   after the last refusal, read its limits is held by that poll's cap
+//!   instead (room, or none until its next poll), not by the pause.
+//!   Unless a boot started during the pause was refused while it lasted:
+//!   the polls then do not see what refuses (the port quota when Neutron
+//!   will not tell it, another user of the project taking the room
+//!   first), and would lift the pause at every refusal, so the pause
+//!   holds whatever they show until the backoff starts over.
 //!
 //! [`Gate`] is pure and synchronous (instants are passed in); the replenisher
 //! holds it behind a mutex and reports to it through `BootTicket`s.
@@ -469,11 +470,16 @@ struct QuotaState {
     /// `boots_started.total` when the pause began: a refused boot whose
     /// ticket id is higher started during it.
     paused_at_boot: u64,
+    /// `boots_started.total` at the last refusal: a boot whose ticket id
+    /// is higher was sent after it. Quota is charged at the create, so
+    /// only such a boot reaching ACTIVE says the quota lets boots through
+    /// now; one sent before (IOPS-bound builds take minutes) does not.
+    refused_at_boot: u64,
     /// A boot started during the pause (on a poll that lifted it, or a
     /// purchase) was refused while it lasted: the polls do not see what
     /// the cloud refuses (a quota they do not read, as the port quota
     /// when Neutron will not tell it, or another user of the project
-    /// taking the room first), so they lift no pause until a boot reaches
+    /// taking the room first), so they lift no pause until a boot sent after the last refusal reaches
     /// ACTIVE or the backoff starts over.
     polls_blind: bool,
     backoff: Duration,
@@ -642,6 +648,7 @@ impl Gate {
             quota: QuotaState {
                 paused_until: None,
                 paused_at_boot: 0,
+                refused_at_boot: 0,
                 polls_blind: false,
                 backoff: settings.quota_backoff,
                 headroom: BTreeMap::new(),
@@ -1215,8 +1222,11 @@ impl Gate {
                 }
             }
         }
-        if matches!(signal, BootSignal::Built { .. } | BootSignal::Unmeasured) {
-            // A boot got through: quota is not refusing (any more).
+        if matches!(signal, BootSignal::Built { .. } | BootSignal::Unmeasured)
+            && ticket.id > self.quota.refused_at_boot
+        {
+            // A boot sent after the last refusal got through: quota is not
+            // refusing (any more). One sent before was charged before.
             self.quota.backoff = settings.quota_backoff;
             self.quota.polls_blind = false;
         }
@@ -1306,6 +1316,7 @@ impl Gate {
             .max(self.settings.quota_backoff);
         let q = &mut self.quota;
         q.boots_started.refusals += 1;
+        q.refused_at_boot = q.boots_started.total;
         // The cached headroom was wrong (someone else used quota): poll again.
         for entry in q.headroom.values_mut() {
             entry.stale = true;

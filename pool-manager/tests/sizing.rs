@@ -1400,6 +1400,71 @@ fn a_boot_let_through_by_a_poll_and_refused_keeps_the_quota_pause() {
     assert_eq!(g.admission("az1", "db.small", t0 + secs(103)).hold, None);
 }
 
+/// Quota is charged at a server's create: a boot sent before the last
+/// refusal that reaches ACTIVE says nothing of the quota now. IOPS-bound
+/// builds take 5-12 min, so boots made before quota ran out keep reaching
+/// ACTIVE well into the refusals; each one used to clear the polls'
+/// blindness and reset the backoff, so the next poll lifted the pause
+/// and refills went out to be refused again, the backoff back at its
+/// first step. Only a boot sent after the last refusal does.
+#[test]
+fn a_boot_sent_before_the_last_quota_refusal_reaching_active_keeps_the_pause_and_its_backoff() {
+    let t0 = Instant::now();
+    let mut g = gate(GateSettings {
+        quota_backoff: secs(60),
+        quota_backoff_max: secs(900),
+        ..GateSettings::default()
+    });
+    // In flight since before quota ran out (its server made then).
+    let old = g.start("az1", "db.small", true, t0);
+    g.create_answered(&old);
+    let boot = refused_boot(&mut g, t0 + secs(1));
+    g.quota_exceeded(&boot, t0 + secs(1));
+    g.headroom_polled("db.small", g.boots_started(), room(10), 0, t0 + secs(2));
+    assert_eq!(g.admission("az1", "db.small", t0 + secs(2)).hold, None);
+    // A refill the poll let through is refused: polls blind.
+    let refill = g.start("az1", "db.small", true, t0 + secs(3));
+    g.finish(&refill, BootSignal::Refused, t0 + secs(4));
+    g.quota_exceeded(&refill, t0 + secs(4));
+    g.headroom_polled("db.small", g.boots_started(), room(10), 0, t0 + secs(5));
+    let paused = Some(Hold::Quota {
+        until: t0 + secs(61),
+    });
+    assert_eq!(g.admission("az1", "db.small", t0 + secs(5)).hold, paused);
+    // The old boot reaches ACTIVE (unmeasured, after a retry's pause).
+    g.finish(&old, BootSignal::Unmeasured, t0 + secs(10));
+    g.headroom_polled("db.small", g.boots_started(), room(10), 0, t0 + secs(11));
+    assert_eq!(
+        g.admission("az1", "db.small", t0 + secs(11)).hold,
+        paused,
+        "a boot made before the refusals reached ACTIVE and the blind polls lift the pause again"
+    );
+    // Nor did it start the backoff over: the next refusal doubles it.
+    let next = refused_boot(&mut g, t0 + secs(70));
+    g.quota_exceeded(&next, t0 + secs(70));
+    assert_eq!(
+        g.admission("az1", "db.small", t0 + secs(70)).hold,
+        Some(Hold::Quota {
+            until: t0 + secs(70 + 120)
+        })
+    );
+    // A boot sent after the last refusal that reaches ACTIVE does both.
+    let fresh = g.start("az1", "db.small", false, t0 + secs(75));
+    g.create_answered(&fresh);
+    g.finish(&fresh, BootSignal::Unmeasured, t0 + secs(100));
+    g.headroom_polled("db.small", g.boots_started(), room(10), 0, t0 + secs(101));
+    assert_eq!(g.admission("az1", "db.small", t0 + secs(101)).hold, None);
+    let after = refused_boot(&mut g, t0 + secs(200));
+    g.quota_exceeded(&after, t0 + secs(200));
+    g.headroom_failed("db.small", "limits: 503".into(), t0 + secs(201));
+    assert_eq!(
+        g.admission("az1", "db.small", t0 + secs(201)).hold,
+        Some(Hold::Quota {
+            until: t0 + secs(200 + 60)
+        })
+    );
+}
+
 /// Room for `servers` more, the instances quota binding.
 fn room(servers: u64) -> BootHeadroom {
     BootHeadroom::room(servers, "instances".into())
