@@ -102,11 +102,12 @@
 //!   pause is for headroom that cannot be read: a flavor whose poll, sent
 //!   after the last refusal, read its limits is held by that poll's cap
 //!   instead (room, or none until its next poll), not by the pause.
-//!   Unless a boot started during the pause was refused while it lasted:
-//!   the polls then do not see what refuses (the port quota when Neutron
-//!   will not tell it, another user of the project taking the room
-//!   first), and would lift the pause at every refusal, so the pause
-//!   holds whatever they show until the backoff starts over.
+//!   Unless a boot such a poll let through (a refill, or a purchase on
+//!   the room it read) was refused while the pause lasted: the polls then
+//!   do not see what refuses (the port quota when Neutron will not tell
+//!   it, another user of the project taking the room first), and would
+//!   lift the pause at every refusal, so the pause holds whatever they
+//!   show until the backoff starts over.
 //!
 //! [`Gate`] is pure and synchronous (instants are passed in); the replenisher
 //! holds it behind a mutex and reports to it through `BootTicket`s.
@@ -317,6 +318,10 @@ pub struct TicketInfo {
     pub in_flight_at_start: u32,
     /// The window when it started, rounded down.
     pub window_at_start: u32,
+    /// Started while a poll of its flavor's limits, sent after the last
+    /// quota refusal, lifted the refusal pause: refused, it shows the
+    /// polls blind to what refuses.
+    pub poll_lifted_pause: bool,
 }
 
 /// An AZ's gate, as `GetPool` shows it.
@@ -475,11 +480,12 @@ struct QuotaState {
     /// only such a boot reaching ACTIVE says the quota lets boots through
     /// now; one sent before (IOPS-bound builds take minutes) does not.
     refused_at_boot: u64,
-    /// A boot started during the pause (on a poll that lifted it, or a
-    /// purchase) was refused while it lasted: the polls do not see what
-    /// the cloud refuses (a quota they do not read, as the port quota
-    /// when Neutron will not tell it, or another user of the project
-    /// taking the room first), so they lift no pause until a boot sent after the last refusal reaches
+    /// A boot started during the pause on a poll that lifted it (a
+    /// refill, or a purchase on the room it read) was refused while the
+    /// pause lasted: the polls do not see what the cloud refuses (a quota
+    /// they do not read, as the port quota when Neutron will not tell it,
+    /// or another user of the project taking the room first), so they
+    /// lift no pause until a boot sent after the last refusal reaches
     /// ACTIVE or the backoff starts over.
     polls_blind: bool,
     backoff: Duration,
@@ -1147,6 +1153,8 @@ impl Gate {
     /// starts it, before it records the boot's instance ([`Self::recorded`]);
     /// a purchase's or a resumed boot's instance is recorded already.
     pub fn start(&mut self, az: &str, flavor: &str, gated: bool, now: Instant) -> TicketInfo {
+        let poll_lifted_pause = self.quota.paused_until.is_some_and(|u| u > now)
+            && self.quota_read_since_refusal(flavor);
         let started = &mut self.quota.boots_started;
         started.total += 1;
         *started.by_flavor.entry(flavor.to_string()).or_default() += 1;
@@ -1178,6 +1186,7 @@ impl Gate {
             started_at: now,
             in_flight_at_start: state.in_flight,
             window_at_start: state.window.floor() as u32,
+            poll_lifted_pause,
         }
     }
 
@@ -1324,11 +1333,12 @@ impl Gate {
         match q.paused_until {
             // Boots refused together (started before the pause) are one
             // episode: the pause begins and its backoff doubles once. One
-            // started during it was let through by a poll that lifted it
-            // (or is a purchase): the polls do not see this refusal's
-            // quota, and would lift the pause again at every refusal.
+            // started during it on a poll that lifted it: the polls do not
+            // see this refusal's quota, and would lift the pause again at
+            // every refusal. (A purchase booted while the limits could not
+            // be read says nothing of them.)
             Some(until) if until > now => {
-                if boot.id > q.paused_at_boot {
+                if boot.id > q.paused_at_boot && boot.poll_lifted_pause {
                     q.polls_blind = true;
                 }
             }

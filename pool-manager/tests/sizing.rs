@@ -1465,6 +1465,52 @@ fn a_boot_sent_before_the_last_quota_refusal_reaching_active_keeps_the_pause_and
     );
 }
 
+/// The polls turn blind only when a boot one of them let through is
+/// refused: they then do not see what refuses. A purchase that booted
+/// because the limits could not be read (Nova's 503; a purchase is not
+/// held by an unknown headroom) and was refused says nothing of them, yet
+/// it used to keep the pause (15 min) over a later poll that read room
+/// for 3. A purchase a poll's room let through that is refused does.
+#[test]
+fn a_purchase_refused_while_the_limits_cannot_be_read_leaves_polls_lifting_the_quota_pause() {
+    let t0 = Instant::now();
+    let mut g = gate(GateSettings {
+        quota_backoff: secs(900),
+        quota_backoff_max: secs(900),
+        ..GateSettings::default()
+    });
+    let boot = refused_boot(&mut g, t0);
+    g.quota_exceeded(&boot, t0);
+    // The limits call fails (Nova 503): a purchase is not held by an
+    // unknown headroom, boots, and is refused.
+    g.headroom_failed("db.small", "limits: 503".into(), t0 + secs(1));
+    let purchase = g.start("az1", "db.small", false, t0 + secs(5));
+    g.finish(&purchase, BootSignal::Refused, t0 + secs(6));
+    g.quota_exceeded(&purchase, t0 + secs(6));
+    // A server is freed; a poll reads room for 3.
+    g.server_freed();
+    g.headroom_polled("db.small", g.boots_started(), room(3), 0, t0 + secs(60));
+    let a = g.admission("az1", "db.small", t0 + secs(61));
+    assert_eq!(a.headroom, Some(3));
+    assert_eq!(
+        a.hold,
+        None,
+        "a poll reads room for 3 after the refusal, yet refills wait {:?}",
+        a.hold.map(|h| h.until() - (t0 + secs(61)))
+    );
+    // A purchase that room let through is refused: the polls are blind.
+    let seen = g.start("az1", "db.small", false, t0 + secs(62));
+    g.finish(&seen, BootSignal::Refused, t0 + secs(63));
+    g.quota_exceeded(&seen, t0 + secs(63));
+    g.headroom_polled("db.small", g.boots_started(), room(3), 0, t0 + secs(64));
+    assert_eq!(
+        g.admission("az1", "db.small", t0 + secs(64)).hold,
+        Some(Hold::Quota {
+            until: t0 + secs(900)
+        })
+    );
+}
+
 /// Room for `servers` more, the instances quota binding.
 fn room(servers: u64) -> BootHeadroom {
     BootHeadroom::room(servers, "instances".into())
