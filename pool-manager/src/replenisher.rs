@@ -63,8 +63,17 @@ pub const WARMING_SERVER_LOOK_AFTER: Duration = Duration::from_secs(120);
 pub const FLAVOR_IOPS_TTL: Duration = Duration::from_secs(600);
 
 /// How long after a failed read of a flavor's disk IOPS limit it is read
-/// again (the last one read, if any, is used meanwhile).
+/// again, doubled at each failure in a row up to [`FLAVOR_IOPS_TTL`] (the
+/// last one read, if any, is used meanwhile): on OpenStack a failed read
+/// may be a whole flavor listing.
 const FLAVOR_IOPS_RETRY: Duration = Duration::from_secs(30);
+
+/// How long a step waits for its flavor's first disk IOPS read, so that a
+/// new pool's first targets are sized for the limit; a read still under
+/// way then goes on in the background, and the step boots on the prior
+/// known so far. A hanging Nova would otherwise hold the step up to its
+/// request timeout (30 s by default), and the pool's boots with it.
+const FLAVOR_IOPS_FIRST_WAIT: Duration = Duration::from_secs(2);
 
 /// A flavor's disk IOPS limit as last read from the cloud.
 #[derive(Clone, Debug)]
@@ -73,6 +82,31 @@ pub(crate) struct FlavorIopsRead {
     pub iops: Option<FlavorIops>,
     /// When it is read again.
     pub next_read: Instant,
+    /// Failed reads in a row, for the retry's backoff.
+    pub failures: u32,
+    /// A read is under way: the flavor's pools send no other.
+    pub reading: bool,
+}
+
+/// Marks a flavor's disk IOPS read as under way while it lives: dropped
+/// (the read done, or dropped unfinished at shutdown), the flavor may be
+/// read again.
+struct FlavorIopsReading {
+    shared: Arc<Shared>,
+    flavor: String,
+}
+
+impl Drop for FlavorIopsReading {
+    fn drop(&mut self) {
+        let mut known = self
+            .shared
+            .flavor_iops
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(read) = known.get_mut(&self.flavor) {
+            read.reading = false;
+        }
+    }
 }
 
 /// Between why an instance is being deleted and why its server is not
@@ -197,13 +231,16 @@ impl Shared {
                 }
             }
         } else if pool.spec.paused {
-            self.refresh_flavor_iops(&key.flavor).await;
-            // Boots nothing, but keeps to max_ready.
+            // Boots nothing, but keeps to max_ready: reads no flavor limit
+            // for a prior it has no use for.
             if let Err(e) = self.paused_step(pool).await {
                 tracing::warn!(pool = %key, error = %e, "paused pool's step failed; trying again")
             }
         } else {
-            self.refresh_flavor_iops(&key.flavor).await;
+            // A pool's own iops_limit overrides the flavor's: not read.
+            if pool.spec.iops_limit.is_none() {
+                self.refresh_flavor_iops(&key.flavor).await;
+            }
             match self.replenish_step(pool).await {
                 // Come back as soon as the gate opens again.
                 Ok(Some(hold)) => *wake = (*wake).min(hold.until()),
@@ -414,33 +451,74 @@ impl Shared {
 
     /// Reads `flavor`'s disk IOPS limit from the cloud (its extra specs),
     /// for the lead-time prior of its pools that set no `iops_limit`, when
-    /// it is due ([`FLAVOR_IOPS_TTL`], [`FLAVOR_IOPS_RETRY`] after a failed
-    /// read): before a step computes the prior, so a new pool's first
-    /// targets are sized for it. A cloud that will not tell (a policy
-    /// hiding extra specs) is said once at info; a failed read is logged
-    /// at debug, keeps the last limit read and fails nothing: the limit
-    /// only sets the prior, which the pool's measured boots replace.
-    pub(crate) async fn refresh_flavor_iops(&self, flavor: &str) {
-        let due = |now| {
-            self.flavor_iops
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(flavor)
-                .is_none_or(|read| now >= read.next_read)
+    /// it is due ([`FLAVOR_IOPS_TTL`], [`FLAVOR_IOPS_RETRY`] backed off
+    /// after a failed read) and no other read of it is under way: before a
+    /// step computes the prior, so a new pool's first targets are sized
+    /// for it. The step waits for the flavor's first read at most
+    /// [`FLAVOR_IOPS_FIRST_WAIT`], and for a later one not at all (it uses
+    /// the last limit read): a read the cloud does not answer at once goes
+    /// on in the background. A cloud that will not tell (a policy hiding
+    /// extra specs) is said once at info; a failed read is logged at
+    /// debug, keeps the last limit read and fails nothing: the limit only
+    /// sets the prior, which the pool's measured boots replace.
+    pub(crate) async fn refresh_flavor_iops(self: &Arc<Self>, flavor: &str) {
+        let first = {
+            let now = Instant::now();
+            let mut known = self.flavor_iops.lock().unwrap_or_else(|e| e.into_inner());
+            let first = !known.contains_key(flavor);
+            let read = known.entry(flavor.to_owned()).or_insert(FlavorIopsRead {
+                iops: None,
+                next_read: now,
+                failures: 0,
+                reading: false,
+            });
+            // Marked under the lock the due check holds: pools of one
+            // flavor stepping at once send one read.
+            if read.reading || now < read.next_read {
+                return;
+            }
+            read.reading = true;
+            first
         };
-        if !due(Instant::now()) {
+        let reading = FlavorIopsReading {
+            shared: self.clone(),
+            flavor: flavor.to_owned(),
+        };
+        let mut read = Box::pin(async move {
+            let result = reading.shared.cloud.flavor_disk_iops(&reading.flavor).await;
+            reading.shared.note_flavor_iops(&reading.flavor, result);
+        });
+        // Polled here first: a cloud that answers at once (a cached
+        // lookup, the embedded cloud) is done within the step, as before,
+        // with no task spawned (a replay's order of tasks is unchanged).
+        if std::future::poll_fn(|cx| std::task::Poll::Ready(read.as_mut().poll(cx)))
+            .await
+            .is_ready()
+        {
             return;
         }
-        let result = self.cloud.flavor_disk_iops(flavor).await;
+        if first
+            && tokio::time::timeout(FLAVOR_IOPS_FIRST_WAIT, read.as_mut())
+                .await
+                .is_ok()
+        {
+            return;
+        }
+        self.spawn(read);
+    }
+
+    /// Keeps the outcome of a read of `flavor`'s disk IOPS limit
+    /// ([`Shared::refresh_flavor_iops`]) and when to read it again.
+    fn note_flavor_iops(&self, flavor: &str, result: CloudResult<FlavorIops>) {
         let now = Instant::now();
         let mut known = self.flavor_iops.lock().unwrap_or_else(|e| e.into_inner());
-        let read = known.entry(flavor.to_owned()).or_insert(FlavorIopsRead {
-            iops: None,
-            next_read: now,
-        });
+        let Some(read) = known.get_mut(flavor) else {
+            return;
+        };
         match result {
             Ok(iops) => {
                 read.next_read = now + FLAVOR_IOPS_TTL;
+                read.failures = 0;
                 if read.iops.as_ref() == Some(&iops) {
                     return;
                 }
@@ -460,9 +538,20 @@ impl Shared {
                     }
                 }
             }
+            // A retired flavor (its pool's servers still running) is not
+            // looked for again soon: on OpenStack each miss re-lists every
+            // flavor. Its last limit, if any, is kept, as for an Unknown.
+            Err(e @ CloudError::NotFound(_)) => {
+                read.next_read = now + FLAVOR_IOPS_TTL;
+                tracing::debug!(%flavor, error = %e, "the cloud has no such flavor to read its disk IOPS limit from; its pools' lead-time prior uses the last one read, if any");
+            }
             Err(e) => {
-                read.next_read = now + FLAVOR_IOPS_RETRY;
-                tracing::debug!(%flavor, error = %e, "cannot read the flavor's disk IOPS limit yet; its pools' lead-time prior uses the last one read, if any");
+                let retry = FLAVOR_IOPS_RETRY
+                    .saturating_mul(1 << read.failures.min(16))
+                    .min(FLAVOR_IOPS_TTL);
+                read.failures = read.failures.saturating_add(1);
+                read.next_read = now + retry;
+                tracing::debug!(%flavor, error = %e, retry_in = ?retry, "cannot read the flavor's disk IOPS limit yet; its pools' lead-time prior uses the last one read, if any");
             }
         }
     }

@@ -3491,6 +3491,127 @@ async fn a_pools_prior_is_stretched_for_its_flavors_iops_limit_read_from_the_clo
     manager.shutdown().await.unwrap();
 }
 
+/// The flavor's disk IOPS read is not awaited by the pool's step beyond a
+/// short bound: a Nova that hangs on it (up to request_timeout, 30 s by
+/// default) holds none of the pool's refills, which go on with the prior
+/// known so far while the read finishes in the background; another pool
+/// of the flavor sends no second read meanwhile, and the late answer then
+/// stretches their prior.
+#[tokio::test(start_paused = true)]
+async fn a_hanging_flavor_iops_read_holds_no_refill() {
+    use pool_manager::sizing::IopsLimitSource;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let sim = sim();
+    sim.set_flavor_extra_specs(
+        "db.small",
+        [("quota:disk_total_iops_sec".to_owned(), "6400".to_owned())].into(),
+    );
+    let reads = Arc::new(AtomicU32::new(0));
+    let counted = reads.clone();
+    let cloud = GatedCloud::with_fault(&sim, move |method| {
+        if method == "flavor_disk_iops" {
+            counted.fetch_add(1, Ordering::SeqCst);
+        }
+        None
+    });
+    let manager = manager_over(&cloud, temp_store());
+    manager.start().await.unwrap();
+    let read = cloud.hold_next("flavor_disk_iops", At::Before);
+    manager.create_pool(pool(), spec(2)).await.unwrap();
+    read.reached().await;
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    let servers = sim.servers().len();
+    let other = PoolKey::new("db.small", "az2");
+    manager.create_pool(other.clone(), spec(2)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let reads_held = reads.load(Ordering::SeqCst);
+    read.release();
+    assert!(
+        servers > 0,
+        "25 s after CreatePool no boot started: the step waits on the flavor's IOPS read"
+    );
+    // The held read is counted once past the hold.
+    assert_eq!(
+        reads_held, 0,
+        "another read of the flavor while one is under way"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(reads.load(Ordering::SeqCst), 1);
+    for key in [pool(), other] {
+        let status = manager.get_pool(&key).await.unwrap();
+        assert_eq!(
+            status.sizing.prior_iops_limit,
+            Some((6_400, IopsLimitSource::CloudFlavor)),
+            "{key}"
+        );
+    }
+    manager.shutdown().await.unwrap();
+}
+
+/// A pool that sets its own `iops_limit` (which overrides the flavor's)
+/// and a paused pool read no flavor limit they have no use for.
+#[tokio::test(start_paused = true)]
+async fn pools_that_use_no_flavor_iops_limit_do_not_read_it() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let sim = sim();
+    let reads = Arc::new(AtomicU32::new(0));
+    let counted = reads.clone();
+    let cloud = GatedCloud::with_fault(&sim, move |method| {
+        if method == "flavor_disk_iops" {
+            counted.fetch_add(1, Ordering::SeqCst);
+        }
+        None
+    });
+    let manager = manager_over(&cloud, temp_store());
+    manager.start().await.unwrap();
+    let own = pool_manager::model::PoolSpec {
+        iops_limit: Some(500),
+        ..spec(1)
+    };
+    manager.create_pool(pool(), own).await.unwrap();
+    let paused = pool_manager::model::PoolSpec {
+        paused: true,
+        ..spec(1)
+    };
+    let other = PoolKey::new("db.medium", "az1");
+    manager.create_pool(other, paused).await.unwrap();
+    wait_ready(&manager, 1).await;
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert_eq!(reads.load(Ordering::SeqCst), 0);
+    manager.shutdown().await.unwrap();
+}
+
+/// A retired flavor's pool (its servers still running) does not read the
+/// flavor's disk IOPS limit every 30 s for good (on OpenStack each read a
+/// flavor-list miss: GET /flavors/detail, all pages): a flavor the cloud
+/// lacks is read again as seldom as a known one's limit.
+#[tokio::test(start_paused = true)]
+async fn a_retired_flavors_iops_read_is_backed_off() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let sim = sim();
+    let reads = Arc::new(AtomicU32::new(0));
+    let counted = reads.clone();
+    let cloud = GatedCloud::with_fault(&sim, move |method| {
+        if method == "flavor_disk_iops" {
+            counted.fetch_add(1, Ordering::SeqCst);
+        }
+        None
+    });
+    let manager = manager_over(&cloud, temp_store());
+    manager.start().await.unwrap();
+    manager.create_pool(pool(), spec(1)).await.unwrap();
+    wait_ready(&manager, 1).await;
+    sim.retire_flavor("db.small");
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    let before = reads.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    let in_an_hour = reads.load(Ordering::SeqCst) - before;
+    assert!(
+        in_an_hour <= 12,
+        "{in_an_hour} reads of a retired flavor's IOPS limit in an hour"
+    );
+}
+
 #[test]
 fn sizing_settings_out_of_range_are_refused_by_name() {
     assert_eq!(SizingSettings::default().validate(), Ok(()));
