@@ -1192,6 +1192,49 @@ async fn a_port_quota_read_is_metered_as_the_networks_call() {
     );
 }
 
+/// The daemon's metrics count a flavor's disk IOPS read as the calls it
+/// sends to Nova (the flavor listing a cache miss makes, and below 2.61
+/// the os-extra_specs call), and nothing when the driver answers it from
+/// its cache: a replenisher's read every 10 minutes per flavor would
+/// otherwise add ~0 ms compute calls, pulling Nova's latency down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flavor_iops_read_answered_from_the_cache_is_not_metered() {
+    use warmpool_server::metrics::{MeteredCloud, Metrics};
+    // Below 2.61 the listing and os-extra_specs; from it, the listing.
+    for (nova_max, http_calls) in [((2, 60), 2.0), ((2, 104), 1.0)] {
+        let settings = HttpSettings {
+            nova_max_version: nova_max,
+            ..HttpSettings::default()
+        };
+        let env = env_with(sim_config(), settings).await;
+        let metrics = Arc::new(Metrics::new());
+        let cloud = MeteredCloud::new(Arc::new(env.driver().await), metrics.clone());
+        let compute_calls = || {
+            let body = metrics.encode();
+            body.lines()
+                .filter_map(|l| {
+                    l.strip_prefix(
+                        "warmpool_cloud_request_duration_seconds_count{service=\"compute\"",
+                    )
+                })
+                .map(|l| l.rsplit(' ').next().unwrap().trim().parse::<f64>().unwrap())
+                .sum::<f64>()
+        };
+        let before = compute_calls();
+        cloud.flavor_disk_iops("db.small").await.unwrap();
+        let sent = compute_calls() - before;
+        assert_eq!(sent, http_calls, "{nova_max:?}");
+        for _ in 0..3 {
+            cloud.flavor_disk_iops("db.small").await.unwrap();
+        }
+        assert_eq!(
+            compute_calls() - before,
+            sent,
+            "{nova_max:?}: cached answers counted"
+        );
+    }
+}
+
 /// Reading an ACTIVE server asks Nova for the server and Neutron for its
 /// ports: the daemon's metrics count each part under its own service, so
 /// a Neutron 429 there is network's throttle, not Nova's, and Nova's

@@ -903,8 +903,28 @@ impl OpenStackCloud {
     /// default, an admin's on clouds that tighten it) may hide them: the
     /// detail then leaves them out, and the call of their own is refused
     /// 403. Either is an answer, the limit unknown, not an error.
+    ///
+    /// Each call it sends to Nova (the flavor listing of a cache miss, the
+    /// `os-extra_specs` call) is told as a [`SideCall`] of its own: a
+    /// wrapper timing calls counts those, and not an answer from the cache
+    /// (the replenisher asks every 10 minutes per flavor), which would pull
+    /// Nova's latency towards 0 ms.
     pub async fn flavor_disk_iops_of(&self, name_or_id: &str) -> CloudResult<FlavorIops> {
-        let flavor = self.flavor(name_or_id).await?;
+        let sent = |took, error: Option<&CloudError>| {
+            note_side_call(SideCall {
+                service: CloudService::Compute,
+                took,
+                error: error.cloned(),
+            })
+        };
+        let flavor = match self.inner.flavors.get(name_or_id) {
+            Some(flavor) => flavor,
+            None => {
+                let (flavor, took) = timed(self.flavor(name_or_id)).await;
+                sent(took, flavor.as_ref().err());
+                flavor?
+            }
+        };
         if let Some(specs) = &flavor.extra_specs {
             return Ok(extra_specs_iops(specs));
         }
@@ -925,15 +945,19 @@ impl OpenStackCloud {
             .nova(Method::GET, &["flavors", &flavor.id, "os-extra_specs"])
             .forbidden_is_an_answer();
         let looking = |e| looking_up(e, Service::Compute, "the extra specs of flavor", name_or_id);
-        let reply = self.inner.conn.send(&call).await.map_err(looking)?;
-        let iops = if reply.status == 403 {
-            hidden()
-        } else {
+        let (iops, took) = timed(async {
+            let reply = self.inner.conn.send(&call).await.map_err(looking)?;
+            if reply.status == 403 {
+                return Ok(hidden());
+            }
             let reply = checked(&call, reply).map_err(looking)?;
             let body: nova::ExtraSpecsBody =
                 serde_json::from_str(&reply.body).map_err(|e| unreadable(&call.describe(), e))?;
-            extra_specs_iops(&body.extra_specs.unwrap_or_default())
-        };
+            Ok(extra_specs_iops(&body.extra_specs.unwrap_or_default()))
+        })
+        .await;
+        sent(took, iops.as_ref().err());
+        let iops = iops?;
         tracing::debug!(flavor = %flavor.name, iops = ?iops, "flavor's disk IOPS limit");
         self.inner
             .flavor_iops
