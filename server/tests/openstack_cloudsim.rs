@@ -11406,3 +11406,34 @@ async fn a_security_group_lookup_refused_at_keystone_is_metered_as_keystones_alo
         "{e}: {counted:#?}"
     );
 }
+
+/// A quota poll whose token renewal Keystone throttles: the daemon's
+/// metrics wrapper passes the driver's Keystone side call on to the
+/// manager's collector, which tells the gate a Keystone 429 from Nova's
+/// (a Nova pause in every zone and a halved window, otherwise).
+#[tokio::test]
+async fn a_metered_quota_polls_keystone_429_is_passed_on_as_keystones() {
+    use warmpool_server::metrics::{MeteredCloud, Metrics};
+    let env = env_with(
+        sim_config(),
+        HttpSettings {
+            token_lifetime: Duration::from_secs(120),
+            ..HttpSettings::default()
+        },
+    )
+    .await;
+    let cloud = MeteredCloud::new(Arc::new(env.driver().await), Arc::new(Metrics::new()));
+    env.face
+        .faults()
+        .throttle_next(Service::Identity, 1, Duration::from_secs(30));
+    let (result, side_calls) =
+        pool_manager::cloud::collecting_side_calls(cloud.boot_headroom("db.small")).await;
+    let error = result.expect_err("Keystone throttled the renewal");
+    assert!(
+        side_calls.iter().any(
+            |side| side.service == pool_manager::events::CloudService::Identity
+                && side.error.as_ref() == Some(&error)
+        ),
+        "passed on: {side_calls:?} ({error})"
+    );
+}

@@ -60,11 +60,7 @@ impl MeteredCloud {
             self.metrics
                 .observe_cloud(service, result.as_ref().err(), took);
         }
-        // Passed on to the caller's collector (the manager's, which tells
-        // the gate a Keystone 429 from the called service's).
-        for side in side_calls {
-            note_side_call(side);
-        }
+        pass_on(side_calls);
         result
     }
 
@@ -204,6 +200,7 @@ impl Cloud for MeteredCloud {
                     .observe_cloud(COMPUTE, result.as_ref().err(), took);
             }
         }
+        pass_on(side_calls);
         result
     }
     async fn check_boot_placement(&self, pool: &pool_manager::model::PoolKey) -> CloudResult<()> {
@@ -218,6 +215,7 @@ impl Cloud for MeteredCloud {
     async fn flavor_disk_iops(&self, flavor: &str) -> CloudResult<FlavorIops> {
         let (result, side_calls) = collecting_side_calls(self.inner.flavor_disk_iops(flavor)).await;
         self.observe_side_calls(&side_calls, Duration::ZERO);
+        pass_on(side_calls);
         result
     }
     async fn check_boot_image(&self, image: &str, miss: ImageMiss) -> CloudResult<()> {
@@ -230,5 +228,15 @@ impl Cloud for MeteredCloud {
     async fn detach_port(&self, server_id: &str, port_id: &str) -> CloudResult<()> {
         self.timed(COMPUTE, self.inner.detach_port(server_id, port_id))
             .await
+    }
+}
+
+/// Passes a call's side calls on to the caller's collector (the manager's,
+/// which tells the gate a Keystone 429 from the called service's): every
+/// call that collects them to meter them must, or a Keystone 429 in it is
+/// taken for the called service's.
+fn pass_on(side_calls: Vec<SideCall>) {
+    for side in side_calls {
+        note_side_call(side);
     }
 }
