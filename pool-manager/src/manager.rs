@@ -730,7 +730,7 @@ struct ServiceNoting {
 impl ServiceNoting {
     /// `call` (a method of `service`'s), noted as `service`'s, or as
     /// Keystone's when it failed at a token request inside it (a renewal,
-    /// a login again: a failed Identity [`SideCall`] with the call's
+    /// a login again: a failed Identity [`SideCall`](crate::cloud::SideCall) with the call's
     /// error): a Keystone 429 is no 429 of the service called, whose
     /// pause (and, for Nova, a zone's window) it must not take.
     async fn noted<T>(
