@@ -698,16 +698,20 @@ tokio::task_local! {
 }
 
 /// `call`'s outcome, and the [`SideCall`]s it made (its driver noted with
-/// [`note_side_call`]), in order.
+/// [`note_side_call`]), in order. A collector around this one (a wrapper
+/// outside the one calling: the manager's, which tells the gate a Keystone
+/// 429 from the called service's) is told of them too.
 pub async fn collecting_side_calls<T>(
     call: impl std::future::Future<Output = T>,
 ) -> (T, Vec<SideCall>) {
-    SIDE_CALLS
+    let (outcome, calls) = SIDE_CALLS
         .scope(std::cell::RefCell::new(Vec::new()), async move {
             let outcome = call.await;
             (outcome, SIDE_CALLS.with(std::cell::RefCell::take))
         })
-        .await
+        .await;
+    let _ = SIDE_CALLS.try_with(|outer| outer.borrow_mut().extend(calls.iter().cloned()));
+    (outcome, calls)
 }
 
 /// Tells the caller collecting side calls, if one is, of `call`.

@@ -5,9 +5,9 @@
 
 use crate::changes::{ChangeCursor, Changes};
 use crate::cloud::{
-    collecting_side_calls, failed_at_keystone, note_side_call, BootHeadroom, Cloud, CloudChange,
-    CloudError, CloudIdentity, CloudResult, FlavorIops, ImageMiss, Network, NetworkShare,
-    NewPortSpec, NewVolumeSpec, Port, Server, ServerSpec, Volume, MAX_RETRY_AFTER, MIN_RETRY_PAUSE,
+    collecting_side_calls, failed_at_keystone, BootHeadroom, Cloud, CloudChange, CloudError,
+    CloudIdentity, CloudResult, FlavorIops, ImageMiss, Network, NetworkShare, NewPortSpec,
+    NewVolumeSpec, Port, Server, ServerSpec, Volume, MAX_RETRY_AFTER, MIN_RETRY_PAUSE,
 };
 use crate::error::{ApiCall, ManagerError, ManagerResult};
 use crate::events::{
@@ -745,10 +745,6 @@ impl ServiceNoting {
         } else {
             service
         };
-        // Passed on: a caller collecting side calls sees them still.
-        for side in side_calls {
-            note_side_call(side);
-        }
         let _ = CALL_SERVICE.try_with(|noted| noted.set(Some(service)));
         result
     }

@@ -11,9 +11,9 @@
 use super::Metrics;
 use async_trait::async_trait;
 use pool_manager::cloud::{
-    collecting_side_calls, failed_at_keystone, note_side_call, BootHeadroom, Cloud, CloudIdentity,
-    CloudResult, FlavorIops, ImageMiss, Network, NetworkShare, NewPortSpec, NewVolumeSpec, Port,
-    Server, ServerSpec, SideCall, Volume,
+    collecting_side_calls, failed_at_keystone, BootHeadroom, Cloud, CloudIdentity, CloudResult,
+    FlavorIops, ImageMiss, Network, NetworkShare, NewPortSpec, NewVolumeSpec, Port, Server,
+    ServerSpec, SideCall, Volume,
 };
 use pool_manager::events::CloudService;
 use std::collections::BTreeMap;
@@ -60,7 +60,6 @@ impl MeteredCloud {
             self.metrics
                 .observe_cloud(service, result.as_ref().err(), took);
         }
-        pass_on(side_calls);
         result
     }
 
@@ -200,7 +199,6 @@ impl Cloud for MeteredCloud {
                     .observe_cloud(COMPUTE, result.as_ref().err(), took);
             }
         }
-        pass_on(side_calls);
         result
     }
     async fn check_boot_placement(&self, pool: &pool_manager::model::PoolKey) -> CloudResult<()> {
@@ -215,7 +213,6 @@ impl Cloud for MeteredCloud {
     async fn flavor_disk_iops(&self, flavor: &str) -> CloudResult<FlavorIops> {
         let (result, side_calls) = collecting_side_calls(self.inner.flavor_disk_iops(flavor)).await;
         self.observe_side_calls(&side_calls, Duration::ZERO);
-        pass_on(side_calls);
         result
     }
     async fn check_boot_image(&self, image: &str, miss: ImageMiss) -> CloudResult<()> {
@@ -228,15 +225,5 @@ impl Cloud for MeteredCloud {
     async fn detach_port(&self, server_id: &str, port_id: &str) -> CloudResult<()> {
         self.timed(COMPUTE, self.inner.detach_port(server_id, port_id))
             .await
-    }
-}
-
-/// Passes a call's side calls on to the caller's collector (the manager's,
-/// which tells the gate a Keystone 429 from the called service's): every
-/// call that collects them to meter them must, or a Keystone 429 in it is
-/// taken for the called service's.
-fn pass_on(side_calls: Vec<SideCall>) {
-    for side in side_calls {
-        note_side_call(side);
     }
 }
