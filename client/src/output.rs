@@ -469,6 +469,7 @@ pub struct SizingView<'a> {
     lead_time_prior: Option<String>,
     prior_iops_limit: Option<u32>,
     prior_iops_limit_source: &'a str,
+    prior_iops_limit_unknown: &'a str,
 }
 
 impl<'a> From<&'a api::SizingStatus> for SizingView<'a> {
@@ -501,6 +502,7 @@ impl<'a> From<&'a api::SizingStatus> for SizingView<'a> {
             lead_time_prior: s.lead_time_prior.as_ref().map(duration_exact),
             prior_iops_limit: s.prior_iops_limit,
             prior_iops_limit_source: &s.prior_iops_limit_source,
+            prior_iops_limit_unknown: &s.prior_iops_limit_unknown,
         }
     }
 }

@@ -397,16 +397,25 @@ fn opt_number(n: Option<impl std::fmt::Display>) -> String {
 
 /// The pool's flavor IOPS limit: its own, or, unset, the one the daemon
 /// read from the cloud's flavor (its extra specs), which the lead-time
-/// prior is then stretched for.
+/// prior is then stretched for, or why it has none (a daemon older than
+/// that reason says nothing).
 fn iops_limit_detail(pool: &api::Pool, spec: &api::PoolSpec) -> String {
     let from_cloud = pool.sizing.as_ref().and_then(|s| {
         s.prior_iops_limit
             .filter(|_| s.prior_iops_limit_source == "cloud_flavor")
     });
-    match (spec.iops_limit, from_cloud) {
-        (Some(own), _) => own.to_string(),
-        (None, Some(flavor)) => format!("- (the flavor's, from the cloud: {flavor})"),
-        (None, None) => "-".to_owned(),
+    let unknown = pool
+        .sizing
+        .as_ref()
+        .map(|s| s.prior_iops_limit_unknown.as_str())
+        .filter(|why| !why.is_empty());
+    match (spec.iops_limit, from_cloud, unknown) {
+        (Some(own), _, _) => own.to_string(),
+        (None, Some(flavor), _) => format!("- (the flavor's, from the cloud: {flavor})"),
+        (None, None, Some(why)) => {
+            format!("- (none from the cloud's flavor: {})", one_line(why))
+        }
+        (None, None, None) => "-".to_owned(),
     }
 }
 
@@ -1670,6 +1679,20 @@ mod tests {
             text.contains("iops_limit:        - (the flavor's, from the cloud: 6400)\n"),
             "{text}"
         );
+        // None read: why, as the daemon tells it; an older daemon tells
+        // nothing, and the line is a bare "-".
+        let sizing = pool.sizing.as_mut().unwrap();
+        sizing.prior_iops_limit = None;
+        sizing.prior_iops_limit_source = String::new();
+        sizing.prior_iops_limit_unknown = "not read yet".into();
+        let text = pool_detail(&pool, SystemTime::now());
+        assert!(
+            text.contains("iops_limit:        - (none from the cloud's flavor: not read yet)\n"),
+            "{text}"
+        );
+        pool.sizing.as_mut().unwrap().prior_iops_limit_unknown = String::new();
+        let text = pool_detail(&pool, SystemTime::now());
+        assert!(text.contains("iops_limit:        -\n"), "{text}");
     }
 
     #[test]

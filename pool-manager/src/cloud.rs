@@ -821,8 +821,9 @@ impl BootHeadroom {
 /// boots from (calibration.md: such a cloud boots 3-5x slower).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FlavorIops {
-    /// The flavor's extra specs limit its disk to this many IOPS.
-    Limited(u32),
+    /// The flavor's extra specs limit its disk to this many IOPS, by this
+    /// key (check-cloud names it).
+    Limited(u32, IopsExtraSpec),
     /// Its extra specs set no disk IOPS limit.
     Unlimited,
     /// The cloud would not tell: its policy hides flavor extra specs from
@@ -836,7 +837,7 @@ impl FlavorIops {
     /// The limit, if one is known.
     pub fn limit(&self) -> Option<u32> {
         match self {
-            Self::Limited(iops) => Some(*iops),
+            Self::Limited(iops, _) => Some(*iops),
             Self::Unlimited | Self::Unknown(_) => None,
         }
     }
@@ -847,6 +848,30 @@ impl FlavorIops {
 pub const EXTRA_SPEC_TOTAL_IOPS: &str = "quota:disk_total_iops_sec";
 pub const EXTRA_SPEC_READ_IOPS: &str = "quota:disk_read_iops_sec";
 pub const EXTRA_SPEC_WRITE_IOPS: &str = "quota:disk_write_iops_sec";
+
+/// Which of a flavor's extra specs its disk IOPS limit
+/// ([`FlavorIops::Limited`]) was read from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IopsExtraSpec {
+    /// [`EXTRA_SPEC_TOTAL_IOPS`].
+    Total,
+    /// [`EXTRA_SPEC_READ_IOPS`]: the lower of the read and write limits,
+    /// or the only one set.
+    Read,
+    /// [`EXTRA_SPEC_WRITE_IOPS`], as [`Self::Read`].
+    Write,
+}
+
+impl IopsExtraSpec {
+    /// The extra spec's key.
+    pub fn key(self) -> &'static str {
+        match self {
+            Self::Total => EXTRA_SPEC_TOTAL_IOPS,
+            Self::Read => EXTRA_SPEC_READ_IOPS,
+            Self::Write => EXTRA_SPEC_WRITE_IOPS,
+        }
+    }
+}
 
 /// The disk IOPS limit a flavor's extra specs set: `quota:disk_total_iops_sec`,
 /// else the lower of `quota:disk_read_iops_sec` and
@@ -861,12 +886,15 @@ pub fn extra_specs_iops(specs: &BTreeMap<String, String>) -> FlavorIops {
             .filter(|&iops| iops > 0)
             .map(|iops| u32::try_from(iops).unwrap_or(u32::MAX))
     };
-    let read_write = match (limit(EXTRA_SPEC_READ_IOPS), limit(EXTRA_SPEC_WRITE_IOPS)) {
-        (Some(r), Some(w)) => Some(r.min(w)),
+    let read = limit(EXTRA_SPEC_READ_IOPS).map(|iops| (iops, IopsExtraSpec::Read));
+    let write = limit(EXTRA_SPEC_WRITE_IOPS).map(|iops| (iops, IopsExtraSpec::Write));
+    let read_write = match (read, write) {
+        (Some(r), Some(w)) => Some(if w.0 < r.0 { w } else { r }),
         (r, w) => r.or(w),
     };
-    match limit(EXTRA_SPEC_TOTAL_IOPS).or(read_write) {
-        Some(iops) => FlavorIops::Limited(iops),
+    let total = limit(EXTRA_SPEC_TOTAL_IOPS).map(|iops| (iops, IopsExtraSpec::Total));
+    match total.or(read_write) {
+        Some((iops, from)) => FlavorIops::Limited(iops, from),
         None => FlavorIops::Unlimited,
     }
 }
@@ -1088,7 +1116,7 @@ pub trait Cloud: Send + Sync + 'static {
 mod tests {
     use super::{
         exceeds_per_volume_limit, extra_specs_iops, mentions_quota, CloudChange, CloudError,
-        CloudIdentity, FlavorIops,
+        CloudIdentity, FlavorIops, IopsExtraSpec,
     };
     use std::time::Duration;
 
@@ -1217,32 +1245,32 @@ mod tests {
             (vec![("hw:cpu_policy", "dedicated")], FlavorIops::Unlimited),
             (
                 vec![("quota:disk_total_iops_sec", "6400")],
-                FlavorIops::Limited(6400),
+                FlavorIops::Limited(6400, IopsExtraSpec::Total),
             ),
             (
                 vec![
                     ("quota:disk_total_iops_sec", "6400"),
                     ("quota:disk_read_iops_sec", "100"),
                 ],
-                FlavorIops::Limited(6400),
+                FlavorIops::Limited(6400, IopsExtraSpec::Total),
             ),
             (
                 vec![
                     ("quota:disk_read_iops_sec", "3000"),
                     ("quota:disk_write_iops_sec", "1500"),
                 ],
-                FlavorIops::Limited(1500),
+                FlavorIops::Limited(1500, IopsExtraSpec::Write),
             ),
             (
                 vec![("quota:disk_write_iops_sec", " 800 ")],
-                FlavorIops::Limited(800),
+                FlavorIops::Limited(800, IopsExtraSpec::Write),
             ),
             (
                 vec![
                     ("quota:disk_total_iops_sec", "0"),
                     ("quota:disk_read_iops_sec", "500"),
                 ],
-                FlavorIops::Limited(500),
+                FlavorIops::Limited(500, IopsExtraSpec::Read),
             ),
             (
                 vec![("quota:disk_total_iops_sec", "lots")],
@@ -1250,7 +1278,7 @@ mod tests {
             ),
             (
                 vec![("quota:disk_total_iops_sec", "99999999999")],
-                FlavorIops::Limited(u32::MAX),
+                FlavorIops::Limited(u32::MAX, IopsExtraSpec::Total),
             ),
             (
                 vec![("quota:disk_total_bytes_sec", "52428800")],
@@ -1260,7 +1288,7 @@ mod tests {
         for (pairs, expected) in cases {
             assert_eq!(extra_specs_iops(&specs(&pairs)), expected, "{pairs:?}");
         }
-        assert_eq!(FlavorIops::Limited(7).limit(), Some(7));
+        assert_eq!(FlavorIops::Limited(7, IopsExtraSpec::Read).limit(), Some(7));
         assert_eq!(FlavorIops::Unknown("policy".into()).limit(), None);
     }
 }

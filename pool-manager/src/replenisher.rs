@@ -18,7 +18,8 @@ use crate::allocator::deadline_after;
 use crate::changes::ChangeCursor;
 use crate::cloud::{
     mentions_quota, BootHeadroom, CloudError, CloudResult, FlavorIops, Server, ServerSpec,
-    ServerStatus, VolumeStatus, META_INSTANCE, META_POOL,
+    ServerStatus, VolumeStatus, EXTRA_SPEC_READ_IOPS, EXTRA_SPEC_TOTAL_IOPS, EXTRA_SPEC_WRITE_IOPS,
+    META_INSTANCE, META_POOL,
 };
 use crate::error::{ManagerError, ManagerResult};
 use crate::events::{AllocationOutcome, BootOutcome, CloudService, EventKind};
@@ -84,6 +85,9 @@ pub(crate) struct FlavorIopsRead {
     pub next_read: Instant,
     /// Failed reads in a row, for the retry's backoff.
     pub failures: u32,
+    /// Why the last read failed (the flavor not found too), until one
+    /// succeeds: GetPool says it while no limit is known.
+    pub last_error: Option<String>,
     /// A read is under way: the flavor's pools send no other.
     pub reading: bool,
 }
@@ -449,6 +453,33 @@ impl Shared {
             .and_then(FlavorIops::limit)
     }
 
+    /// Why the cloud told no disk IOPS limit for `flavor` that a pool's
+    /// prior could use; `None` once one is known. `paused`: the pool
+    /// asking reads none itself.
+    fn cloud_flavor_iops_unknown(&self, flavor: &str, paused: bool) -> Option<String> {
+        let known = self.flavor_iops.lock().unwrap_or_else(|e| e.into_inner());
+        let read = known.get(flavor);
+        let told = match read.and_then(|read| read.iops.as_ref()) {
+            Some(FlavorIops::Limited(..)) => return None,
+            Some(FlavorIops::Unlimited) => Some(format!(
+                "flavor {flavor}'s extra specs set no disk IOPS limit (none of {EXTRA_SPEC_TOTAL_IOPS}, {EXTRA_SPEC_READ_IOPS}, {EXTRA_SPEC_WRITE_IOPS} above 0)"
+            )),
+            Some(FlavorIops::Unknown(why)) => Some(why.clone()),
+            None => None,
+        };
+        let failed = read.and_then(|read| read.last_error.as_deref());
+        Some(match (told, failed) {
+            (Some(told), Some(failed)) => format!("{told} (as last read; {failed})"),
+            (Some(told), None) => told,
+            (None, Some(failed)) => failed.to_owned(),
+            (None, None) if paused && read.is_none() => {
+                "not read yet (a paused pool reads none; it is read when the pool is resumed)"
+                    .to_owned()
+            }
+            (None, None) => "not read yet".to_owned(),
+        })
+    }
+
     /// Reads `flavor`'s disk IOPS limit from the cloud (its extra specs),
     /// for the lead-time prior of its pools that set no `iops_limit`, when
     /// it is due ([`FLAVOR_IOPS_TTL`], [`FLAVOR_IOPS_RETRY`] backed off
@@ -470,6 +501,7 @@ impl Shared {
                 iops: None,
                 next_read: now,
                 failures: 0,
+                last_error: None,
                 reading: false,
             });
             // Marked under the lock the due check holds: pools of one
@@ -519,12 +551,13 @@ impl Shared {
             Ok(iops) => {
                 read.next_read = now + FLAVOR_IOPS_TTL;
                 read.failures = 0;
+                read.last_error = None;
                 if read.iops.as_ref() == Some(&iops) {
                     return;
                 }
                 let before = read.iops.replace(iops.clone());
                 match iops {
-                    FlavorIops::Limited(iops) => {
+                    FlavorIops::Limited(iops, _) => {
                         tracing::info!(%flavor, iops, "the flavor's disk IOPS limit, from its extra specs: the lead-time prior of its pools that set no iops_limit is stretched for it")
                     }
                     FlavorIops::Unlimited if before.is_some_and(|b| b.limit().is_some()) => {
@@ -541,9 +574,10 @@ impl Shared {
             // A retired flavor (its pool's servers still running) is not
             // looked for again soon: on OpenStack each miss re-lists every
             // flavor. Its last limit, if any, is kept, as for an Unknown.
-            Err(e @ CloudError::NotFound(_)) => {
+            Err(CloudError::NotFound(missing)) => {
                 read.next_read = now + FLAVOR_IOPS_TTL;
-                tracing::debug!(%flavor, error = %e, "the cloud has no such flavor to read its disk IOPS limit from; its pools' lead-time prior uses the last one read, if any");
+                read.last_error = Some(format!("the cloud has no such flavor: {missing}"));
+                tracing::debug!(%flavor, error = %missing, "the cloud has no such flavor to read its disk IOPS limit from; its pools' lead-time prior uses the last one read, if any");
             }
             Err(e) => {
                 let retry = FLAVOR_IOPS_RETRY
@@ -551,6 +585,7 @@ impl Shared {
                     .min(FLAVOR_IOPS_TTL);
                 read.failures = read.failures.saturating_add(1);
                 read.next_read = now + retry;
+                read.last_error = Some(format!("the read failed: {e}"));
                 tracing::debug!(%flavor, error = %e, retry_in = ?retry, "cannot read the flavor's disk IOPS limit yet; its pools' lead-time prior uses the last one read, if any");
             }
         }
@@ -625,6 +660,11 @@ impl Shared {
             last_plan,
             prior,
             prior_iops_limit: sizing::prior_iops_limit(spec, cloud_flavor),
+            prior_iops_unknown: spec
+                .iops_limit
+                .is_none()
+                .then(|| self.cloud_flavor_iops_unknown(&record.key.flavor, spec.paused))
+                .flatten(),
         }
     }
 

@@ -1457,6 +1457,12 @@ pub struct SizingStatus {
     pub prior: Duration,
     /// The flavor disk IOPS limit `prior` is stretched for, and whence.
     pub prior_iops_limit: Option<(u32, IopsLimitSource)>,
+    /// Why `prior_iops_limit` has no limit from the cloud's flavor, when
+    /// the pool sets none of its own and none was read: not read yet, the
+    /// flavor's extra specs set none, the cloud will not tell, the read
+    /// failed or the flavor is gone. Shown to the operator, who otherwise
+    /// had only an INFO log line.
+    pub prior_iops_unknown: Option<String>,
 }
 
 // Rates are finite by construction; equality is used by tests and watchers only.

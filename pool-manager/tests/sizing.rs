@@ -3581,6 +3581,110 @@ async fn pools_that_use_no_flavor_iops_limit_do_not_read_it() {
     manager.shutdown().await.unwrap();
 }
 
+/// GetPool says why a pool's prior has no disk IOPS limit from its
+/// flavor: not read yet (a paused pool reads none), extra specs that set
+/// none (naming the keys), a cloud that will not tell, a failed read (with
+/// its error), a flavor the cloud lacks; and nothing once a limit is known.
+#[tokio::test(start_paused = true)]
+async fn a_pools_status_says_why_its_flavors_iops_limit_is_unknown() {
+    use pool_manager::model::PoolSpec;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let sim = sim();
+    let failing = Arc::new(AtomicBool::new(false));
+    let fails = failing.clone();
+    let cloud = GatedCloud::with_fault(&sim, move |method| {
+        (method == "flavor_disk_iops" && fails.load(Ordering::SeqCst))
+            .then(|| CloudError::Transient("Nova answered 503".into()))
+    });
+    let manager = manager_over(&cloud, temp_store());
+    manager.start().await.unwrap();
+    let why = |status: &PoolStatus| status.sizing.prior_iops_unknown.clone();
+    let quiet = PoolSpec {
+        min_ready: 0,
+        ..auto_spec()
+    };
+
+    let paused = PoolSpec {
+        paused: true,
+        ..quiet.clone()
+    };
+    manager.create_pool(pool(), paused).await.unwrap();
+    tokio::time::sleep(secs(1)).await;
+    let status = manager.get_pool(&pool()).await.unwrap();
+    let reason = why(&status).expect("a reason while not read");
+    assert!(reason.contains("not read yet"), "{reason}");
+
+    // Extra specs that set none.
+    manager
+        .update_pool(&pool(), |s| s.paused = false)
+        .await
+        .unwrap();
+    tokio::time::sleep(secs(3)).await;
+    let status = manager.get_pool(&pool()).await.unwrap();
+    assert_eq!(status.sizing.prior_iops_limit, None);
+    let reason = why(&status).expect("a reason for extra specs without a limit");
+    assert!(
+        reason.contains("quota:disk_total_iops_sec") && reason.contains("db.small"),
+        "{reason}"
+    );
+
+    // A pool's own limit needs no reason.
+    manager
+        .update_pool(&pool(), |s| s.iops_limit = Some(500))
+        .await
+        .unwrap();
+    assert_eq!(why(&manager.get_pool(&pool()).await.unwrap()), None);
+
+    // A failed first read, with its error.
+    failing.store(true, Ordering::SeqCst);
+    let medium = PoolKey::new("db.medium", "az1");
+    manager
+        .create_pool(medium.clone(), quiet.clone())
+        .await
+        .unwrap();
+    tokio::time::sleep(secs(3)).await;
+    let reason = why(&manager.get_pool(&medium).await.unwrap()).expect("a failed read's reason");
+    assert!(
+        reason.contains("failed") && reason.contains("Nova answered 503"),
+        "{reason}"
+    );
+
+    // Read: a limit, and no reason.
+    failing.store(false, Ordering::SeqCst);
+    sim.set_flavor_extra_specs(
+        "db.medium",
+        [("quota:disk_total_iops_sec".to_owned(), "6400".to_owned())].into(),
+    );
+    tokio::time::sleep(secs(60)).await;
+    let status = manager.get_pool(&medium).await.unwrap();
+    assert_eq!(
+        (
+            status.sizing.prior_iops_limit.map(|(iops, _)| iops),
+            why(&status)
+        ),
+        (Some(6_400), None)
+    );
+
+    // A cloud that will not tell says why.
+    sim.hide_flavor_extra_specs(true);
+    let large = PoolKey::new("db.large", "az1");
+    manager
+        .create_pool(large.clone(), quiet.clone())
+        .await
+        .unwrap();
+    tokio::time::sleep(secs(3)).await;
+    let reason = why(&manager.get_pool(&large).await.unwrap()).expect("a hidden limit's reason");
+    assert!(reason.contains("policy hides"), "{reason}");
+    sim.hide_flavor_extra_specs(false);
+
+    // A flavor the cloud lacks, named so.
+    sim.retire_flavor("db.large");
+    tokio::time::sleep(secs(700)).await;
+    let reason = why(&manager.get_pool(&large).await.unwrap()).expect("a retired flavor's reason");
+    assert!(reason.contains("no flavor named 'db.large'"), "{reason}");
+    manager.shutdown().await.unwrap();
+}
+
 /// A retired flavor's pool (its servers still running) does not read the
 /// flavor's disk IOPS limit every 30 s for good (on OpenStack each read a
 /// flavor-list miss: GET /flavors/detail, all pages): a flavor the cloud

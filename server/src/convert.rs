@@ -509,6 +509,7 @@ fn sizing(status: &PoolStatus) -> api::SizingStatus {
             None => "",
         }
         .to_owned(),
+        prior_iops_limit_unknown: s.prior_iops_unknown.clone().unwrap_or_default(),
     }
 }
 

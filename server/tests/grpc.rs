@@ -1705,6 +1705,24 @@ async fn auto_pools_show_their_sizing_and_updates_keep_the_mode() {
         (Some(90), None, ""),
         "{sizing:?}"
     );
+    // And GetPool says so, once the flavor is read.
+    let why = eventually("why the flavor's IOPS limit is unknown", || async {
+        let pool = c
+            .get_pool("db.large", "az1")
+            .await
+            .map_err(|e| e.to_string())?;
+        let why = pool.sizing.unwrap().prior_iops_limit_unknown;
+        if why.contains("extra specs") {
+            Ok(why)
+        } else {
+            Err(why)
+        }
+    })
+    .await;
+    assert!(
+        why.contains("db.large") && why.contains("quota:disk_total_iops_sec"),
+        "{why}"
+    );
     let gate = sizing.gate.expect("the AZ's gate");
     assert_eq!(gate.state, i32::from(api::ThrottleState::Open), "{gate:?}");
     assert!(gate.window.is_some_and(|w| w >= 1.0), "{gate:?}");
@@ -1833,6 +1851,7 @@ async fn windows_and_iops_limits_are_set_through_the_api() {
         (Some(500), "pool"),
         "{sizing:?}"
     );
+    assert_eq!(sizing.prior_iops_limit_unknown, "", "{sizing:?}");
     assert!(
         sizing.lead_time_prior.unwrap().seconds > 90 * 3,
         "{sizing:?}"

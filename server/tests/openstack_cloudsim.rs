@@ -10,7 +10,7 @@ mod support;
 use cloudsim::http::{HttpFace, HttpSettings, RunningFace, Service};
 use cloudsim::{Quotas, SecurityGroupConfig, SimCloud, SimConfig};
 use pool_manager::cloud::{
-    Cloud, CloudError, FlavorIops, ImageMiss, NewPortSpec, NewVolumeSpec, QuotaLeft, Server,
+    Cloud, CloudError, FlavorIops, ImageMiss, IopsExtraSpec, NewPortSpec, NewVolumeSpec, QuotaLeft, Server,
     ServerSpec, ServerStatus, VolumeOwner, VolumeStatus, MAX_RETRY_AFTER, META_INSTANCE, META_POOL,
     META_TENANT,
 };
@@ -448,13 +448,13 @@ async fn a_flavors_disk_iops_limit_is_read_from_its_extra_specs() {
         for _ in 0..2 {
             assert_eq!(
                 cloud.flavor_disk_iops("db.small").await.unwrap(),
-                FlavorIops::Limited(6400),
+                FlavorIops::Limited(6400, IopsExtraSpec::Total),
                 "{spoken}"
             );
         }
         assert_eq!(
             cloud.flavor_disk_iops("db.medium").await.unwrap(),
-            FlavorIops::Limited(1500),
+            FlavorIops::Limited(1500, IopsExtraSpec::Write),
             "{spoken}"
         );
         assert_eq!(
