@@ -1,7 +1,8 @@
 //! `warmpoold check-cloud`: is the configured OpenStack usable for the
 //! configured pools? Credentials, flavors, image(s), management networks,
 //! the key pair and security groups pool servers (and tenants' ports) get, Nova's and Cinder's
-//! availability zones and compute quota headroom, one line per check.
+//! availability zones and compute quota headroom, one line per check; and,
+//! informing only, each flavor's disk IOPS limit for the lead-time prior.
 //!
 //! The daemon runs the same checks before serving (see [`crate::start`]),
 //! for the pools it will serve: each pool its store has, with the stored
@@ -29,7 +30,8 @@
 
 use crate::config::{Config, ConfigError, OpenStackConfig, PoolConfig};
 use pool_manager::cloud::{
-    some_names, Cloud, CloudChange, CloudError, CloudIdentity, CloudResult, ServerStatus,
+    some_names, Cloud, CloudChange, CloudError, CloudIdentity, CloudResult, FlavorIops,
+    ServerStatus, EXTRA_SPEC_READ_IOPS, EXTRA_SPEC_TOTAL_IOPS, EXTRA_SPEC_WRITE_IOPS,
     PORTS_PER_SERVER,
 };
 use pool_manager::events::MarkProof;
@@ -48,6 +50,11 @@ pub enum CheckKind {
     Config,
     Auth,
     Flavor,
+    /// Each pool flavor's disk IOPS limit, as warmpoold reads it for the
+    /// lead-time prior, and the extra spec that sets it, or why there is
+    /// none. Informs; never fails the report: a flavor without front-end
+    /// QoS is the usual case, and the prior works without the limit.
+    FlavorIops,
     Image,
     Network,
     /// `key_name` is a key pair of the user warmpool logs in as.
@@ -120,6 +127,7 @@ impl CheckKind {
             CheckKind::Config => "cloud config",
             CheckKind::Auth => "auth",
             CheckKind::Flavor => "flavor",
+            CheckKind::FlavorIops => "flavor iops",
             CheckKind::Image => "image",
             CheckKind::Network => "network",
             CheckKind::KeyPair => "key pair",
@@ -244,7 +252,7 @@ impl Passing {
 
 impl Check {
     /// Whether this failure stops warmpoold's start-up: quota, zone
-    /// override, management group and store lines never do; a failure
+    /// override, management group, flavor IOPS and store lines never do; a failure
     /// does unless it concerns only pools the store has, or no pool yet.
     pub fn stops_start_up(&self) -> bool {
         if self.ok
@@ -253,6 +261,7 @@ impl Check {
                 CheckKind::Quota
                     | CheckKind::ZoneOverride
                     | CheckKind::ManagementGroup
+                    | CheckKind::FlavorIops
                     | CheckKind::Store
                     | CheckKind::StoreInUse
                     | CheckKind::StoreOfAnotherUser
@@ -333,8 +342,8 @@ pub struct Report {
 impl Report {
     /// Whether every check passed (the lines of a store a running daemon
     /// holds or root left unopened, of a store's cloud not compared, of
-    /// zone overrides and management groups, and failures of no pool yet
-    /// only inform).
+    /// zone overrides, management groups and flavor IOPS limits, and
+    /// failures of no pool yet only inform).
     pub fn passed(&self) -> bool {
         self.checks.iter().all(|c| {
             c.ok || matches!(
@@ -344,6 +353,7 @@ impl Report {
                     | CheckKind::StoreCloudUnread
                     | CheckKind::ZoneOverride
                     | CheckKind::ManagementGroup
+                    | CheckKind::FlavorIops
             ) || c.scope.as_ref().is_some_and(Scope::is_empty)
         })
     }
@@ -541,6 +551,9 @@ pub struct CheckedPool {
     pub key: PoolKey,
     pub image: String,
     pub min_ready: u32,
+    /// Its own flavor disk IOPS limit, which overrides the flavor's
+    /// extra specs for its lead-time prior.
+    pub iops_limit: Option<u32>,
     /// The highest `min` of its operator windows, when above `min_ready`:
     /// what the pool keeps while that window is open.
     pub window_min: Option<u32>,
@@ -556,6 +569,7 @@ impl CheckedPool {
             key,
             image: spec.image.clone(),
             min_ready: spec.min_ready,
+            iops_limit: spec.iops_limit,
             window_min: spec
                 .windows
                 .iter()
@@ -1170,6 +1184,7 @@ async fn check_with(
             ),
         }
     }
+    flavor_iops_check(pools, &cloud, &flavors, &mut report).await;
 
     // The driver's one image for every pool is the config's, and every
     // pool's: its failure is no single pool's.
@@ -1225,6 +1240,69 @@ async fn check_with(
     volume_check(pools, &cloud, &mut report).await;
     quota_check(pools, &cloud, &flavors, &mut report).await;
     (report, Some(cloud))
+}
+
+/// Each found pool flavor's disk IOPS limit, read as the replenisher reads
+/// it for the lead-time prior of pools that set no `iops_limit` (the
+/// driver's cache keeps it for the daemon's first read), and the extra
+/// spec it comes from, or why there is none: an operator sees what the
+/// prior will assume before a pool boots. Never a failure: a failed read
+/// is an informing line ([`CheckKind::FlavorIops`]), as warmpoold goes on
+/// without the limit and reads it again.
+async fn flavor_iops_check(
+    pools: &[CheckedPool],
+    cloud: &OpenStackCloud,
+    flavors: &BTreeMap<String, pool_manager::openstack::nova::Flavor>,
+    report: &mut Report,
+) {
+    for name in flavors.keys() {
+        let iops = match cloud.flavor_disk_iops_of(name).await {
+            Ok(iops) => iops,
+            Err(e) => {
+                report.fail(
+                    CheckKind::FlavorIops,
+                    format!(
+                        "{name}: its disk IOPS limit could not be read: {}; warmpoold reads it again \
+                         at its pools' steps, sizing their lead-time prior without it meanwhile",
+                        reason(&e)
+                    ),
+                );
+                continue;
+            }
+        };
+        let of_flavor = || pools.iter().filter(|p| &p.key.flavor == name);
+        let overriding: Vec<String> = of_flavor()
+            .filter_map(|p| p.iops_limit.map(|own| format!("{} ({own})", p.key)))
+            .collect();
+        let stretched = if overriding.is_empty() {
+            ": the lead-time prior of its pools is stretched for it".to_owned()
+        } else {
+            let others = if overriding.len() < of_flavor().count() {
+                "; the lead-time prior of its other pools is stretched for it"
+            } else {
+                ""
+            };
+            format!(
+                "; the own iops_limit of {} overrides it{others}",
+                overriding.join(", ")
+            )
+        };
+        let message = match iops {
+            FlavorIops::Limited(iops, from) => format!(
+                "{name}: {iops} IOPS, from its extra spec {}{stretched}",
+                from.key()
+            ),
+            FlavorIops::Unlimited => format!(
+                "{name}: none: its extra specs set no {EXTRA_SPEC_TOTAL_IOPS}, \
+                 {EXTRA_SPEC_READ_IOPS} or {EXTRA_SPEC_WRITE_IOPS} (no front-end QoS): \
+                 the lead-time prior is not stretched for it"
+            ),
+            FlavorIops::Unknown(why) => {
+                format!("{name}: unknown: {why}; a pool's own iops_limit gives it")
+            }
+        };
+        report.ok(CheckKind::FlavorIops, message);
+    }
 }
 
 /// The start-up check of a cloud that is not OpenStack (the embedded
@@ -1836,6 +1914,7 @@ mod tests {
             key: PoolKey::new(flavor, "az1"),
             image: "mysql-8.0".into(),
             min_ready: 1,
+            iops_limit: None,
             window_min: None,
             stored,
         }

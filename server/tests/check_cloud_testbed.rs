@@ -69,7 +69,14 @@ async fn check_cloud_passes_against_the_testbed() {
     let (code, report) = check_cloud(dir.path(), &text);
     assert_eq!(code, 0, "check-cloud failed against the testbed:\n{report}");
     for kind in [
-        "auth", "flavor", "image", "network", "zones", "volumes", "quota",
+        "auth",
+        "flavor",
+        "flavor iops",
+        "image",
+        "network",
+        "zones",
+        "volumes",
+        "quota",
     ] {
         assert!(
             line(&report, kind).starts_with(&format!("{kind}: ok")),
@@ -77,6 +84,11 @@ async fn check_cloud_passes_against_the_testbed() {
         );
     }
     assert!(line(&report, "auth").contains("warmpool-e2e"), "{report}");
+    // The testbed's flavors set no front-end QoS.
+    assert!(
+        line(&report, "flavor iops").starts_with("flavor iops: ok (db.small: none: "),
+        "{report}"
+    );
 }
 
 #[tokio::test]
