@@ -1137,7 +1137,9 @@ impl StoreHooks for CrashImage {
 }
 
 /// A real store with a test's [`StoreHooks`] around its writes; every call
-/// is forwarded, the listings a store may answer faster included.
+/// is forwarded, the listings a store may answer faster included. Its
+/// flush ends at the same point of a paused-clock test's schedule whatever
+/// the disk's speed.
 pub struct HookedStore<H> {
     pub inner: Arc<dyn Store>,
     pub hooks: H,
@@ -1362,7 +1364,15 @@ impl<H: StoreHooks> Store for HookedStore<H> {
     async fn flush(&self) -> StoreResult<()> {
         self.hooks.before_call().await;
         self.hooks.before_flush().await?;
-        self.inner.flush().await
+        // sled's flush runs on a blocking thread for as long as the disk
+        // takes, and a paused-clock test's other tasks run meanwhile, at the
+        // same instant: how far they get would be the machine's speed (a
+        // refill's boot sent before a crash the test arms, or after). Held
+        // here on the runtime's thread instead, then one yield as a flush
+        // that the disk ends at once: every run interleaves the same way.
+        let flushed = futures::executor::block_on(self.inner.flush());
+        tokio::task::yield_now().await;
+        flushed
     }
 }
 
