@@ -1742,6 +1742,26 @@ async fn volume_check(pools: &[CheckedPool], cloud: &OpenStackCloud, report: &mu
     }
 }
 
+/// The instances, cores and RAM that `more` servers of each flavor take,
+/// saturating: a flavor's sizes are the cloud's to say, and one absurd
+/// (garbage, or a huge number meant as "unlimited") must read as more than
+/// any quota, not overflow.
+fn quota_demand(
+    more: &BTreeMap<&str, u64>,
+    flavors: &BTreeMap<String, pool_manager::openstack::nova::Flavor>,
+) -> [u64; 3] {
+    let mut demand = [0u64; 3];
+    for (name, &count) in more {
+        let Some(flavor) = flavors.get(*name) else {
+            continue;
+        };
+        for (total, each) in demand.iter_mut().zip([1, flavor.vcpus, flavor.ram]) {
+            *total = total.saturating_add(count.saturating_mul(each));
+        }
+    }
+    demand
+}
+
 /// Whether the compute quota admits every pool's servers at its peak
 /// ([`CheckedPool::peak`]: `min_ready`, or its highest window's min), net
 /// of the pool's servers that could still be handed out (every server
@@ -1779,16 +1799,11 @@ async fn quota_check(
         unsold += have;
         let need = u64::from(pool.peak()).saturating_sub(have);
         if need > 0 && flavors.contains_key(&pool.key.flavor) {
-            *more.entry(pool.key.flavor.as_str()).or_default() += need;
+            let more = more.entry(pool.key.flavor.as_str()).or_default();
+            *more = more.saturating_add(need);
         }
     }
-    let mut demand = [0u64; 3];
-    for (name, count) in &more {
-        let f = &flavors[*name];
-        demand[0] += count;
-        demand[1] += count * f.vcpus;
-        demand[2] += count * f.ram;
-    }
+    let demand = quota_demand(&more, flavors);
     // A flavor no server of which fits the whole quota never boots,
     // whatever is released: named first, as the quota to raise.
     let beyond = pools
@@ -1819,7 +1834,9 @@ async fn quota_check(
         Ok(ports) => (ports, None),
         Err(unread) => (None, Some(unread.to_string())),
     };
-    let ports_needed = demand[0] * PORTS_PER_SERVER + unsold;
+    let ports_needed = demand[0]
+        .saturating_mul(PORTS_PER_SERVER)
+        .saturating_add(unsold);
     if let Some(p) = ports
         .as_ref()
         .filter(|p| p.max >= 0 && p.free() < ports_needed)
@@ -1918,6 +1935,33 @@ mod tests {
             window_min: None,
             stored,
         }
+    }
+
+    /// The quota a flavor of absurd sizes takes saturates at u64::MAX,
+    /// more than any quota, rather than overflowing.
+    #[test]
+    fn the_quota_demand_of_absurd_flavors_saturates() {
+        let flavor = |name: &str, vcpus: u64, ram: u64| {
+            let flavor: pool_manager::openstack::nova::Flavor = serde_json::from_value(
+                serde_json::json!({"id": name, "name": name, "vcpus": vcpus, "ram": ram}),
+            )
+            .unwrap();
+            (name.to_owned(), flavor)
+        };
+        let flavors = BTreeMap::from([
+            flavor("db.cores", u64::MAX, 1024),
+            flavor("db.ram", 1, u64::MAX / 2),
+            flavor("db.small", 1, 1024),
+        ]);
+        let more = BTreeMap::from([("db.cores", 3), ("db.ram", 3), ("db.small", 2)]);
+        assert_eq!(quota_demand(&more, &flavors), [8, u64::MAX, u64::MAX]);
+        let more = BTreeMap::from([("db.small", u64::MAX), ("db.ram", 1)]);
+        assert_eq!(
+            quota_demand(&more, &flavors),
+            [u64::MAX, u64::MAX, u64::MAX]
+        );
+        let more = BTreeMap::from([("db.small", 2)]);
+        assert_eq!(quota_demand(&more, &flavors), [2, 2, 2048]);
     }
 
     /// check-cloud reads a store that exists and creates none, not even in

@@ -3404,6 +3404,33 @@ async fn check_cloud_quota_names_the_pools_it_could_not_count() {
     );
 }
 
+/// A flavor whose sizes are absurd (garbage from the cloud, or a cloud that
+/// means "unlimited" by them) does not overflow check-cloud's count of the
+/// quota the pools need: the count saturates, and the line is still said.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_cloud_counts_the_quota_of_a_flavor_of_absurd_sizes() {
+    let env = env_with(
+        SimConfig {
+            flavor_sizes: vec![cloudsim::FlavorSize::new(
+                "db.small",
+                u32::MAX,
+                u64::MAX / 2,
+                10,
+            )],
+            ..sim_config()
+        },
+        HttpSettings::default(),
+    )
+    .await;
+    let config = env.config("", &SMALL_POOL.replace("min_ready = 2", "min_ready = 3"));
+    let (report, _) = check_cloud::check(&config, openstack(&config)).await;
+    let quota = line(&report, CheckKind::Quota);
+    assert!(
+        quota.len() == 1 && quota[0].contains("pools need room for 3 more db.small"),
+        "{report}"
+    );
+}
+
 /// Neutron's default policy for a project member: a port a server is bound
 /// to may not be deleted (403, "disallowed by policy"), which the driver
 /// reads as a refusal asking again does not change; once unbound, it may.
