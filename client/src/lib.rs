@@ -316,6 +316,49 @@ pub fn normalize_endpoint(endpoint: &str) -> String {
     }
 }
 
+/// Refuses an endpoint URI (as [`normalize_endpoint`] gives it) that names
+/// no host, or whose port is no TCP port: the URI parser reads no port out
+/// of "99999" and hyper would dial the scheme's default port (80, 443)
+/// instead, with the bearer token. A URI without a port keeps the
+/// scheme's default, as a proxy's `https://name` means it.
+fn check_host_and_port(uri: &str) -> Result<(), ClientError> {
+    let refused = |reason: String| ClientError::Endpoint {
+        endpoint: uri.to_owned(),
+        reason,
+    };
+    let authority = uri.split_once("://").map_or(uri, |(_, rest)| rest);
+    let authority = authority.split(['/', '?', '#']).next().unwrap_or_default();
+    let host_and_port = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, after)| after);
+    let (host, port) = match host_and_port.strip_prefix('[') {
+        // An IPv6 address's colons are its own: a port follows the ']'.
+        Some(bracketed) => match bracketed.split_once(']') {
+            Some((host, after)) => (host, after.strip_prefix(':')),
+            None => (bracketed, None),
+        },
+        None => match host_and_port.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (host_and_port, None),
+        },
+    };
+    if host.is_empty() {
+        return Err(refused("it names no host: write host:port".into()));
+    }
+    match port {
+        None => Ok(()),
+        Some("") => Err(refused(
+            "the port after the colon is missing: write one of 1-65535".into(),
+        )),
+        Some(port) => match port.parse::<u16>() {
+            Ok(1..) => Ok(()),
+            _ => Err(refused(format!(
+                "port {port} is not a TCP port: write one of 1-65535"
+            ))),
+        },
+    }
+}
+
 /// Refuses to send a bearer token in plaintext by default: an endpoint
 /// without a scheme means plaintext HTTP/2, which is fine on loopback but
 /// elsewhere is more likely a forgotten `https://` (the token would go out
@@ -326,6 +369,14 @@ pub fn check_token_transport(endpoint: &str) -> Result<(), ClientError> {
     if endpoint.contains("://") {
         return Ok(());
     }
+    // Before the advice to write a scheme, which would keep the bad port.
+    check_host_and_port(&format!("http://{endpoint}")).map_err(|refused| match refused {
+        ClientError::Endpoint { reason, .. } => ClientError::Endpoint {
+            endpoint: endpoint.to_owned(),
+            reason,
+        },
+        other => other,
+    })?;
     let uri: tonic::codegen::http::Uri =
         format!("http://{endpoint}")
             .parse()
@@ -583,6 +634,7 @@ impl Client {
                 reason: "the scheme must be http:// or https://".into(),
             });
         }
+        check_host_and_port(&uri)?;
         let mut endpoint =
             Endpoint::from_shared(uri.clone()).map_err(|e| connect_error(&uri, e))?;
         if uri.starts_with("https://") {
@@ -968,6 +1020,57 @@ mod tests {
             Err(ClientError::Connect { .. }) => {}
             other => panic!("{:?}", other.map(|_| ())),
         }
+    }
+
+    /// An endpoint whose port is no TCP port, or that names no host, is
+    /// refused before anything is dialled: the URI parser reads no port
+    /// out of "99999", and the connection would go to the scheme's
+    /// default port (80, 443) with the bearer token.
+    #[tokio::test]
+    async fn an_endpoint_without_a_host_or_with_a_port_out_of_range_is_refused() {
+        for (endpoint, expect) in [
+            (
+                "127.0.0.1:99999",
+                "port 99999 is not a TCP port: write one of 1-65535",
+            ),
+            (
+                "https://127.0.0.1:65536",
+                "port 65536 is not a TCP port: write one of 1-65535",
+            ),
+            (
+                "http://[::1]:0",
+                "port 0 is not a TCP port: write one of 1-65535",
+            ),
+            (
+                "127.0.0.1:",
+                "the port after the colon is missing: write one of 1-65535",
+            ),
+            (
+                "http://127.0.0.1:5x",
+                "port 5x is not a TCP port: write one of 1-65535",
+            ),
+            ("http://", "it names no host: write host:port"),
+            ("http://:50051", "it names no host: write host:port"),
+        ] {
+            match Client::connect_with(endpoint, ConnectOptions::default()).await {
+                Err(ClientError::Endpoint { reason, .. }) => {
+                    assert_eq!(reason, expect, "{endpoint}")
+                }
+                other => panic!("{endpoint}: {:?}", other.map(|_| ())),
+            }
+        }
+        // Nor told to write a scheme before it, which would keep the port.
+        match check_token_transport("db-pool:99999") {
+            Err(ClientError::Endpoint { endpoint, reason }) => assert_eq!(
+                (endpoint.as_str(), reason.as_str()),
+                (
+                    "db-pool:99999",
+                    "port 99999 is not a TCP port: write one of 1-65535"
+                )
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(check_token_transport("[::1]:50051").is_ok());
     }
 
     #[test]
