@@ -809,6 +809,28 @@ fn creation_refused(what: &str, error: CloudError) -> AttemptError {
     })
 }
 
+/// The cloud refused to create the tenant's volume of `volume_type`: as
+/// [`creation_refused`], and a refusal that may be of the type (Cinder's
+/// 404 for a type it does not know, or a 400 naming it) names the order's
+/// field that chose it, which Cinder's own words do not.
+fn volume_creation_refused(volume_type: Option<&str>, error: CloudError) -> AttemptError {
+    let of_the_type = match (&error, volume_type) {
+        (CloudError::NotFound(_), Some(_)) => true,
+        (CloudError::Fatal(m), Some(volume_type)) => {
+            m.contains(volume_type) || m.to_ascii_lowercase().contains("volume type")
+        }
+        _ => false,
+    };
+    match (error, volume_type) {
+        (CloudError::NotFound(m) | CloudError::Fatal(m), Some(volume_type)) if of_the_type => {
+            AttemptError::Request(ManagerError::FailedPrecondition(format!(
+                "cannot create the tenant volume: {m}; the order's volume type {volume_type} (volume.new_volume.volume_type, warmpoolctl --volume-type) must name one of the cloud's volume types (openstack volume type list), or be left empty for its default"
+            )))
+        }
+        (error, _) => creation_refused("volume", error),
+    }
+}
+
 /// A create sent again after a lost answer may be refused by the twin the
 /// first one made: a fixed IP it took (Neutron's 409), the room it took
 /// under a quota that had room for one.
@@ -1623,8 +1645,7 @@ impl Shared {
             Err(e) => return Err(e),
         };
         if pool.draining {
-            let refused =
-                ManagerError::FailedPrecondition(format!("pool {} is being deleted", params.pool));
+            let refused = deleted_pool(&params.pool, true);
             return self.refuse_unrecorded(params, refused, started).await;
         }
         // In flight before the record exists: a reconcile pass must never
@@ -2466,11 +2487,7 @@ impl Shared {
                                     true,
                                 ));
                             }
-                            return Err(ManagerError::ResourceExhausted(format!(
-                                "pool {} had no ready instance before the deadline{}",
-                                params.pool,
-                                paused_hint(&pool)
-                            )));
+                            return Err(no_ready_instance_in(&pool, true));
                         }
                     }
                 }
@@ -2514,10 +2531,7 @@ impl Shared {
     async fn pool_open_to_purchases(&self, key: &PoolKey) -> ManagerResult<PoolRecord> {
         match self.store.get_pool(key).await? {
             Some(pool) if !pool.draining => Ok(pool),
-            gone => Err(ManagerError::FailedPrecondition(format!(
-                "pool {key} {} deleted",
-                if gone.is_some() { "is being" } else { "was" }
-            ))),
+            gone => Err(deleted_pool(key, gone.is_some())),
         }
     }
 
@@ -2566,8 +2580,8 @@ impl Shared {
     /// cold boot of a paused one.
     async fn no_ready_instance(&self, pool: &PoolKey) -> ManagerError {
         match self.store.get_pool(pool).await {
-            Ok(Some(record)) => no_ready_instance_in(&record),
-            _ => ManagerError::ResourceExhausted(format!("pool {pool} has no ready instance")),
+            Ok(Some(record)) => no_ready_instance_in(&record, false),
+            _ => empty_pool(pool, false, false),
         }
     }
 
@@ -2794,7 +2808,7 @@ impl Shared {
                 // Paused since the purchase found no Ready instance: it
                 // boots nothing (a boot recorded before the pause goes on).
                 if pool.spec.paused {
-                    return Err(no_ready_instance_in(&pool));
+                    return Err(no_ready_instance_in(&pool, false));
                 }
                 // A boot takes minutes, longer than any grace period: begun
                 // now, it would hold the stop for the whole grace and be
@@ -3147,13 +3161,13 @@ impl Shared {
         // change that paused or deleted the pool already.
         let pool = self.pool_open_to_purchases(&params.pool).await?;
         if pool.spec.paused {
-            return Err(no_ready_instance_in(&pool));
+            return Err(no_ready_instance_in(&pool, false));
         }
         let (pool, _) = self
             .wait_on_pool(changes, &params.pool, until.min(deadline))
             .await?;
         if pool.spec.paused {
-            return Err(no_ready_instance_in(&pool));
+            return Err(no_ready_instance_in(&pool, false));
         }
         Ok(())
     }
@@ -3498,7 +3512,7 @@ impl Shared {
                     CloudError::QuotaExceeded(m) if exceeds_per_volume_limit(&m) => {
                         AttemptError::Request(over_the_per_volume_limit(*size_gib, &m))
                     }
-                    e => creation_refused("volume", e),
+                    e => volume_creation_refused(volume_type.as_deref(), e),
                 })?;
                 record
                     .update(|a| {
@@ -5274,12 +5288,39 @@ fn quota_used_up(flavor: &str, why: &str) -> ManagerError {
     ))
 }
 
-/// [`Shared::no_ready_instance`] of a pool read.
-fn no_ready_instance_in(pool: &PoolRecord) -> ManagerError {
+/// [`Shared::no_ready_instance`] of a pool read; `waited`, a WAIT
+/// purchase whose deadline passed.
+fn no_ready_instance_in(pool: &PoolRecord, waited: bool) -> ManagerError {
+    empty_pool(&pool.key, pool.spec.paused, waited)
+}
+
+/// RESOURCE_EXHAUSTED for a purchase that found pool `key` empty, with
+/// what its caller can do, as fits how it asked: a fail-fast purchase
+/// (or a cold boot of a paused pool) or, `waited`, a WAIT one whose
+/// deadline passed. A paused pool boots nothing for any of them.
+fn empty_pool(key: &PoolKey, paused: bool, waited: bool) -> ManagerError {
+    let (had, when) = if waited {
+        ("had", " before the deadline")
+    } else {
+        ("has", "")
+    };
+    let next = match (paused, waited) {
+        (true, _) => "ask again once it is unpaused",
+        (false, true) => "ask again with a longer timeout or with empty_pool_policy COLD_BOOT (warmpoolctl --on-empty cold-boot), or have the pool's min_ready or target raised",
+        (false, false) => "ask again later, or with empty_pool_policy WAIT or COLD_BOOT (warmpoolctl --on-empty wait or cold-boot), or have the pool's min_ready or target raised",
+    };
+    let paused = if paused { PAUSED } else { "" };
     ManagerError::ResourceExhausted(format!(
-        "pool {} has no ready instance{}",
-        pool.key,
-        paused_hint(pool)
+        "pool {key} {had} no ready instance{when}{paused}; {next}"
+    ))
+}
+
+/// FAILED_PRECONDITION for a purchase from pool `key`, being deleted
+/// (`draining`) or gone.
+fn deleted_pool(key: &PoolKey, draining: bool) -> ManagerError {
+    ManagerError::FailedPrecondition(format!(
+        "pool {key} {} deleted; it hands out nothing more: buy from another pool, or from this one once it is created again",
+        if draining { "is being" } else { "was" }
     ))
 }
 
@@ -5308,11 +5349,14 @@ fn none_but_silent(
 /// Why an empty pool stays empty, when it is the operator's doing.
 fn paused_hint(pool: &PoolRecord) -> &'static str {
     if pool.spec.paused {
-        " (the pool is paused: it boots nothing until it is unpaused)"
+        PAUSED
     } else {
         ""
     }
 }
+
+/// [`paused_hint`] of a paused pool.
+const PAUSED: &str = " (the pool is paused: it boots nothing until it is unpaused)";
 
 #[cfg(test)]
 mod tests {

@@ -1396,7 +1396,7 @@ impl PoolManager {
             let mut record = self.shared.pool(key).await?;
             if record.draining {
                 return Err(ManagerError::FailedPrecondition(format!(
-                    "pool {key} is being deleted"
+                    "pool {key} is being deleted, so it takes no changes: create it again with the settings wanted once it is gone"
                 )));
             }
             let stored = record.spec.clone();

@@ -369,7 +369,7 @@ async fn a_paused_pool_cold_boots_nothing() {
         .unwrap_err();
     assert!(
         matches!(&cold, ManagerError::ResourceExhausted(m)
-            if m.ends_with("(the pool is paused: it boots nothing until it is unpaused)")),
+            if m.ends_with("(the pool is paused: it boots nothing until it is unpaused); ask again once it is unpaused")),
         "{cold:?}"
     );
     assert_eq!(cold.to_string(), fail_fast.to_string());
@@ -4543,6 +4543,62 @@ async fn duplicates_retrying_cinder_503s_both_get_the_allocation() {
     assert_consistent(&sim, &manager).await;
 }
 
+/// An empty pool's refusal says what the caller can do about it, as fits
+/// its policy: a fail-fast purchase may ask again, or wait or cold-boot; a
+/// waiting one whose deadline passed may wait longer or cold-boot; either
+/// may have the pool kept deeper.
+#[tokio::test(start_paused = true)]
+async fn an_empty_pools_refusal_says_what_to_do_next() {
+    let sim = sim();
+    let manager = started(&sim, temp_store(), 0).await;
+    let err = manager
+        .allocate(request(
+            "fails-empty",
+            new_volume(),
+            EmptyPoolPolicy::FailFast,
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::ResourceExhausted(m) if m == "pool db.small@az1 has no ready instance; ask again later, or with empty_pool_policy WAIT or COLD_BOOT (warmpoolctl --on-empty wait or cold-boot), or have the pool's min_ready or target raised"),
+        "{err:?}"
+    );
+    let mut order = request("waits-empty", new_volume(), EmptyPoolPolicy::Wait);
+    order.timeout = Some(Duration::from_secs(60));
+    let err = manager.allocate(order).await.unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::ResourceExhausted(m) if m == "pool db.small@az1 had no ready instance before the deadline; ask again with a longer timeout or with empty_pool_policy COLD_BOOT (warmpoolctl --on-empty cold-boot), or have the pool's min_ready or target raised"),
+        "{err:?}"
+    );
+    manager.shutdown().await.unwrap();
+}
+
+/// Cinder's refusal of an unknown volume type names the field of the
+/// order that chose it: its own words name only the type.
+#[tokio::test(start_paused = true)]
+async fn an_unknown_volume_type_is_pointed_at_the_field_that_names_it() {
+    let sim = sim();
+    let manager = started(&sim, temp_store(), 0).await;
+    let order = request(
+        "typed",
+        VolumeSource::New {
+            size_gib: 1,
+            volume_type: Some("no-such-type".into()),
+        },
+        EmptyPoolPolicy::Wait,
+    );
+    let err = manager.allocate(order).await.unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::FailedPrecondition(m)
+            if m.starts_with("cannot create the tenant volume: ")
+                && m.contains("no-such-type could not be found")
+                && m.ends_with("; the order's volume type no-such-type (volume.new_volume.volume_type, warmpoolctl --volume-type) must name one of the cloud's volume types (openstack volume type list), or be left empty for its default")),
+        "{err:?}"
+    );
+    assert_consistent(&sim, &manager).await;
+    manager.shutdown().await.unwrap();
+}
+
 /// A purchase from a pool being deleted is refused as such (the pool still
 /// shows, draining), not as an unknown pool.
 #[tokio::test(start_paused = true)]
@@ -4565,8 +4621,21 @@ async fn a_purchase_from_a_draining_pool_is_told_it_is_being_deleted() {
         matches!(err, ManagerError::FailedPrecondition(_)),
         "{err:?}"
     );
-    assert!(err.to_string().contains("is being deleted"), "{err}");
+    assert!(
+        err.to_string()
+            .ends_with("is being deleted; it hands out nothing more: buy from another pool, or from this one once it is created again"),
+        "{err}"
+    );
     assert!(manager.get_allocation("order-late").await.is_err());
+    // A change of it is refused too, saying what to do instead.
+    let err = manager
+        .update_pool(&pool(), |s| s.min_ready = 2)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::FailedPrecondition(m) if m == "pool db.small@az1 is being deleted, so it takes no changes: create it again with the settings wanted once it is gone"),
+        "{err:?}"
+    );
     draining.release();
     assert_consistent(&sim, &manager).await;
 }
@@ -5232,7 +5301,7 @@ async fn a_waiting_purchase_is_told_the_pool_is_deleted_or_paused() {
     order.timeout = Some(Duration::from_secs(60));
     let err = manager.allocate(order).await.unwrap_err();
     assert!(
-        matches!(&err, ManagerError::ResourceExhausted(m) if m.ends_with("(the pool is paused: it boots nothing until it is unpaused)")),
+        matches!(&err, ManagerError::ResourceExhausted(m) if m == "pool db.small@az1 had no ready instance before the deadline (the pool is paused: it boots nothing until it is unpaused); ask again once it is unpaused"),
         "{err:?}"
     );
     // A fail-fast purchase is told as much.
@@ -5245,7 +5314,7 @@ async fn a_waiting_purchase_is_told_the_pool_is_deleted_or_paused() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, ManagerError::ResourceExhausted(m) if m == "pool db.small@az1 has no ready instance (the pool is paused: it boots nothing until it is unpaused)"),
+        matches!(&err, ManagerError::ResourceExhausted(m) if m == "pool db.small@az1 has no ready instance (the pool is paused: it boots nothing until it is unpaused); ask again once it is unpaused"),
         "{err:?}"
     );
 
@@ -5260,7 +5329,7 @@ async fn a_waiting_purchase_is_told_the_pool_is_deleted_or_paused() {
     // Which it reads depends on whether the empty pool's drain is done
     // when the purchase wakes: both say the pool is deleted.
     assert!(
-        matches!(&err, ManagerError::FailedPrecondition(m) if m == "pool db.small@az1 was deleted" || m == "pool db.small@az1 is being deleted"),
+        matches!(&err, ManagerError::FailedPrecondition(m) if m.starts_with("pool db.small@az1 was deleted; ") || m.starts_with("pool db.small@az1 is being deleted; ")),
         "{err:?}"
     );
     assert!(
