@@ -22,6 +22,7 @@ mod replenisher;
 pub mod schedule;
 pub mod sizing;
 pub mod store;
+pub mod text;
 
 pub use allocator::{
     cleanup_budget, failure_outcome, validate_order, AllocateRequest, CLEANUP_FLOOR,

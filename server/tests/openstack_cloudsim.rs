@@ -11583,3 +11583,56 @@ async fn a_metered_quota_polls_keystone_429_is_passed_on_as_keystones() {
         "passed on: {side_calls:?} ({error})"
     );
 }
+
+/// Nova's `fault.message` of an ERROR server (a stack trace, or a broken
+/// cloud's anything) is cut as a service's own fault message is: kept
+/// whole, it went into the error, a WARN per failed boot, the instance's
+/// and the pool's `last_error` in the store, and every pool listing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_server_fault_is_cut_by_the_driver() {
+    let env = env().await;
+    let cloud = env.driver().await;
+    env.sim.faults().error_next_boots(1, "F".repeat(64 << 10));
+    let created = cloud
+        .create_server(&spec("a", "db.small", "az1"))
+        .await
+        .unwrap();
+    let fault = settled(&cloud, &created.id).await.fault.expect("the fault");
+    assert!(
+        fault.len() < 400 && fault.ends_with(" more characters)"),
+        "Server::fault over HTTP is {} bytes",
+        fault.len()
+    );
+}
+
+/// A pool whose boots fail with a huge fault lists with the fault cut,
+/// over a real socket: ListPools answered OUT_OF_RANGE to every client
+/// once a pool's `last_error` passed 4 MiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_whose_boots_fail_with_a_huge_fault_lists_it_cut() {
+    use warmpool_client::Client;
+    let env = env().await;
+    env.sim
+        .faults()
+        .error_next_boots(u64::MAX, "F".repeat(64 << 10));
+    let (running, stop) = start_daemon(env.config("", SMALL_POOL)).await.unwrap();
+    let client = Client::connect(&format!("http://{}", running.grpc_addr))
+        .await
+        .unwrap();
+    let mut last_error = String::new();
+    for _ in 0..300 {
+        last_error = client.list_pools().await.unwrap()[0].last_error.clone();
+        if !last_error.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        last_error.contains("FFF... (") && last_error.len() < 1000,
+        "{} bytes: {}",
+        last_error.len(),
+        &last_error[..last_error.len().min(200)]
+    );
+    drop(client);
+    stop_daemon(running, stop).await;
+}

@@ -8,6 +8,7 @@
 
 use super::session::{Call, Reply};
 use crate::cloud::{mentions_quota, CloudError};
+use crate::text::{cut, MAX_CLOUD_MESSAGE_CHARS};
 use std::time::Duration;
 
 /// Which API answered: the same status means different things per service
@@ -65,7 +66,7 @@ pub struct Fault {
 pub fn parse_fault(body: &str) -> Fault {
     let not_a_fault = || Fault {
         name: None,
-        message: truncate(body.trim(), MAX_MESSAGE_CHARS),
+        message: cut(body.trim(), MAX_CLOUD_MESSAGE_CHARS),
         retry_after: None,
         from_service: false,
     };
@@ -87,7 +88,7 @@ pub fn parse_fault(body: &str) -> Fault {
     // (64 MiB): it goes into the error, the logs, the events and a failed
     // boot's last_error in the store. What classification looks for opens
     // the services' wordings ("Quota exceeded for", "Invalid volume: ..").
-    let message = truncate(message, MAX_MESSAGE_CHARS);
+    let message = cut(message, MAX_CLOUD_MESSAGE_CHARS);
     let name = if key == "NeutronError" {
         inner
             .get("type")
@@ -148,22 +149,6 @@ fn seconds(s: &str) -> Option<Duration> {
         return None;
     }
     Some(Duration::from_secs(s.parse::<u64>().unwrap_or(u64::MAX)))
-}
-
-/// The most of a cloud's message (a fault's, a page's, Keystone's
-/// reason) warmpool keeps, in characters.
-pub(super) const MAX_MESSAGE_CHARS: usize = 300;
-
-/// `s` cut to its first `max` characters, saying how many more there were.
-pub(super) fn truncate(s: &str, max: usize) -> String {
-    match s.char_indices().nth(max) {
-        Some((at, _)) => format!(
-            "{}... ({} more characters)",
-            &s[..at],
-            s[at..].chars().count()
-        ),
-        None => s.to_owned(),
-    }
 }
 
 /// webob's `HTTPNotFound` explanation, which no service the driver calls
@@ -329,7 +314,7 @@ pub fn classify_reply(call: &Call, reply: &Reply) -> CloudError {
 /// only the kind is used.
 pub fn classify_osauth(what: &str, e: &osauth::Error) -> CloudError {
     use osauth::ErrorKind as K;
-    let message = format!("{what}: {e}");
+    let message = format!("{what}: {}", osauth_text(e));
     // Version discovery behind a rate limiter is throttled like any call,
     // but osauth folds 413/429 into InvalidInput: the status decides. So
     // does a proxy's 408 (its request timeout), transient as in
@@ -350,7 +335,8 @@ pub fn classify_osauth(what: &str, e: &osauth::Error) -> CloudError {
     }
     match e.kind() {
         K::AuthenticationFailed => CloudError::Fatal(format!(
-            "{what}: Keystone rejected warmpool's credentials (401): {e}"
+            "{what}: Keystone rejected warmpool's credentials (401): {}",
+            osauth_text(e)
         )),
         // What osauth itself fails on is the token request, the catalog or
         // version discovery, never the resource a call names: a 404 there
@@ -372,12 +358,28 @@ pub fn classify_osauth(what: &str, e: &osauth::Error) -> CloudError {
 /// `message`, or the whole page), cut, and the status.
 fn osauth_answer(what: &str, e: &osauth::Error, status: u16) -> String {
     let text = e.to_string();
-    let kind = format!("{}: ", e.kind().description());
-    let said = text.strip_prefix(&kind).unwrap_or(&text).trim();
+    let said = text.strip_prefix(&osauth_kind(e)).unwrap_or(&text).trim();
     format!(
         "{what}: {} (HTTP {status})",
-        truncate(said, MAX_MESSAGE_CHARS)
+        cut(said, MAX_CLOUD_MESSAGE_CHARS)
     )
+}
+
+/// osauth's text of `e`, its kind and what the cloud said, the latter cut
+/// as a service's fault message is: osauth keeps the whole page of a
+/// Keystone or version-discovery answer it refuses (a 401, 403, 404, 409).
+fn osauth_text(e: &osauth::Error) -> String {
+    let text = e.to_string();
+    let kind = osauth_kind(e);
+    match text.strip_prefix(&kind) {
+        Some(said) => format!("{kind}{}", cut(said, MAX_CLOUD_MESSAGE_CHARS)),
+        None => cut(&text, MAX_CLOUD_MESSAGE_CHARS),
+    }
+}
+
+/// How osauth's text of `e` begins: its kind's description.
+fn osauth_kind(e: &osauth::Error) -> String {
+    format!("{}: ", e.kind().description())
 }
 
 /// `e` and its causes, "error sending request for url (..): client error
@@ -733,11 +735,8 @@ mod tests {
             "{} characters",
             fault.message.chars().count()
         );
-        let cut = huge.chars().count() - 300;
         assert!(
-            fault
-                .message
-                .ends_with(&format!("... ({cut} more characters)")),
+            fault.message.chars().count() <= 300 && fault.message.ends_with(" more characters)"),
             "{}",
             fault.message
         );
@@ -1099,5 +1098,26 @@ mod tests {
             classify_osauth("GET /volumes", &e),
             CloudError::Fatal(_)
         ));
+    }
+
+    /// What osauth reports itself (the token request, version discovery,
+    /// the catalog) keeps the whole page of a 401/403/404/409 as its
+    /// message: cut as a service's own fault is, whatever the kind.
+    #[test]
+    fn osauth_failures_are_cut_as_service_faults_are() {
+        let page = "P".repeat(1 << 20);
+        for kind in [
+            osauth::ErrorKind::AuthenticationFailed,
+            osauth::ErrorKind::AccessDenied,
+            osauth::ErrorKind::ResourceNotFound,
+            osauth::ErrorKind::Conflict,
+            osauth::ErrorKind::ProtocolError,
+            osauth::ErrorKind::InvalidInput,
+        ] {
+            let e = osauth::Error::new(kind, page.clone());
+            let message = classify_osauth("POST /v3/auth/tokens", &e).to_string();
+            assert!(message.len() < 1000, "{kind:?}: {} bytes", message.len());
+            assert!(message.contains("PPP... ("), "{kind:?}: {message}");
+        }
     }
 }

@@ -6,6 +6,7 @@
 //! string they do not know.
 
 use crate::cloud::{BootHeadroom, QuotaLeft, Server, ServerStatus, PORTS_PER_SERVER};
+use crate::text::{cut, MAX_CLOUD_MESSAGE_CHARS};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -131,6 +132,9 @@ fn fault_text(fault: &NovaFault) -> Option<String> {
     }
     let no_valid_host =
         message.to_ascii_lowercase().contains("no valid host") || details.contains("NoValidHost");
+    // Cut after NoValidHost is looked for in all of it, as a service's
+    // own fault message is: the text is the cloud's, unbounded.
+    let message = cut(&message, MAX_CLOUD_MESSAGE_CHARS);
     Some(if no_valid_host && !message.contains("NoValidHost") {
         format!("NoValidHost: {message}")
     } else {
@@ -534,6 +538,27 @@ mod tests {
             fault.contains("NoValidHost") && fault.contains("No valid host was found"),
             "{fault}"
         );
+    }
+
+    /// A failed server's fault is the cloud's text, bounded by nothing but
+    /// the answer's size: cut as a service's own fault message is, after
+    /// NoValidHost is looked for in all of it.
+    #[test]
+    fn a_huge_server_fault_is_cut() {
+        let huge = format!("{} No valid host was found.", "ü".repeat(1 << 20));
+        let body = NO_VALID_HOST.replace(
+            "No valid host was found. There are not enough hosts available.",
+            &huge,
+        );
+        let body: ServerBody = serde_json::from_str(&body).unwrap();
+        let fault = to_server(body.server, &rule(None)).fault.unwrap();
+        assert!(fault.starts_with("NoValidHost: üüü"), "{}", &fault[..40]);
+        assert!(
+            fault.chars().count() < 400,
+            "{} characters",
+            fault.chars().count()
+        );
+        assert!(fault.ends_with(" more characters)"), "{fault}");
     }
 
     #[test]

@@ -7,11 +7,10 @@
 //! [`Connection`] keeps the `CloudConfig`, builds a fresh `Session` (a new
 //! login) on a 401 and sends the call once more.
 
-use super::error::{
-    classify, classify_osauth, osauth_status, truncate, with_causes, Service, MAX_MESSAGE_CHARS,
-};
+use super::error::{classify, classify_osauth, osauth_status, with_causes, Service};
 use crate::cloud::{note_side_call, CloudError, CloudResult, SideCall};
 use crate::events::CloudService;
+use crate::text::{cut, MAX_CLOUD_MESSAGE_CHARS};
 use osauth::services::{ServiceType, BLOCK_STORAGE, COMPUTE, IMAGE, NETWORK};
 use osauth::{CloudConfig, Session};
 use reqwest::Method;
@@ -2639,7 +2638,7 @@ fn keystone_reason(e: &osauth::Error) -> Option<String> {
         // A proxy's page in Keystone's stead.
         || said.starts_with('<')
         || said == "The request you have made requires authentication.";
-    (!nothing_more).then(|| truncate(said, MAX_MESSAGE_CHARS))
+    (!nothing_more).then(|| cut(said, MAX_CLOUD_MESSAGE_CHARS))
 }
 
 /// The message of a login of `identity` Keystone refused with `e` (401).
