@@ -52,6 +52,7 @@ use crate::model::{
 use crate::reconciler::problem_of;
 use crate::replenisher::{BootError, DrivingClaim, Timed};
 use crate::store::RecordKind;
+use crate::text;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -4761,7 +4762,7 @@ impl Shared {
         };
         let mut errors = self.release_errors.lock().expect("release errors lock");
         match &finished {
-            Err(e) if still_releasing => errors.insert(request_id, e.to_string()),
+            Err(e) if still_releasing => errors.insert(request_id, text::capped(e.to_string())),
             _ => errors.remove(&request_id),
         };
         finished

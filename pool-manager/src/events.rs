@@ -16,6 +16,7 @@
 //! ([`Event::log`]); subscribers do not log them again.
 
 use crate::model::{PoolKey, PoolRecord};
+use crate::text;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Duration, SystemTime};
@@ -271,6 +272,34 @@ impl EventKind {
             Self::Recovered { .. } => "recovered",
             Self::Throttled { .. } => "throttled",
             Self::VolumeStuck { .. } => "volume_stuck",
+        }
+    }
+
+    /// Cuts the free text it carries from outside (a failed boot's error,
+    /// a cloud check's problem, Cinder's status of a volume) to
+    /// [`crate::text::MAX_KEPT_TEXT_CHARS`]: each goes into the logs and
+    /// every `WatchPools` stream.
+    pub fn cap_text(&mut self) {
+        match self {
+            Self::Degraded {
+                cause, last_error, ..
+            } => {
+                text::cap(last_error);
+                if let DegradedCause::CloudCheck { problem } = cause {
+                    *problem = text::capped(std::mem::take(problem));
+                }
+            }
+            Self::VolumeStuck { status, .. } => *status = text::capped(std::mem::take(status)),
+            // Ids and numbers: a request id is bounded where it comes in
+            // (`MAX_REQUEST_ID_LEN`), a server id is the one the store keeps.
+            Self::Boot { .. }
+            | Self::Allocation { .. }
+            | Self::Exhausted
+            | Self::SettingsChanged { .. }
+            | Self::LeakDeleted { .. }
+            | Self::Released
+            | Self::Recovered { .. }
+            | Self::Throttled { .. } => {}
         }
     }
 

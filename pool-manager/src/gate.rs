@@ -116,6 +116,7 @@ use crate::allocator::deadline_after;
 use crate::cloud::{BootHeadroom, QuotaLeft, MAX_RETRY_AFTER, MIN_RETRY_PAUSE, PORTS};
 use crate::events::CloudService;
 use crate::model::InstanceState;
+use crate::text;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, VecDeque};
@@ -875,7 +876,7 @@ impl Gate {
                 boots_at_poll: boots_at_send,
                 refused_since_poll: BTreeMap::new(),
                 failing: None,
-                ports_unknown: headroom.ports_unknown,
+                ports_unknown: headroom.ports_unknown.map(text::capped),
                 stale: false,
             },
         );
@@ -929,7 +930,7 @@ impl Gate {
         entry.sales_ports = 0;
         entry.ports_unknown = None;
         entry.polled_at = now;
-        entry.failing = Some(error);
+        entry.failing = Some(text::capped(error));
         entry.stale = false;
     }
 

@@ -20,6 +20,7 @@ use crate::probe::Probe;
 use crate::reconciler::LeftAlone;
 use crate::sizing::{SizingBook, SizingSettings, SizingStatus};
 use crate::store::Store;
+use crate::text;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use std::cell::Cell;
@@ -375,7 +376,8 @@ impl Shared {
         if let Some(EventKind::Degraded { last_error, .. }) = &mut verdict {
             *last_error = error.map(str::to_owned);
         }
-        for kind in std::iter::once(kind).chain(verdict) {
+        for mut kind in std::iter::once(kind).chain(verdict) {
+            kind.cap_text();
             let event = Event {
                 pool: pool.cloned(),
                 kind,
@@ -544,7 +546,8 @@ impl Shared {
 
     /// Applies `change` to the stored instance until a compare-and-swap
     /// succeeds. `change` returns `None` to leave the record alone; the result
-    /// is the record as written, or `None` when absent or left alone.
+    /// is the record as written, or `None` when absent or left alone. Its
+    /// `last_error` is written [`crate::text::capped`].
     pub async fn update_instance(
         &self,
         id: &str,
@@ -554,9 +557,12 @@ impl Shared {
             let Some(current) = self.store.get_instance(id).await? else {
                 return Ok(None);
             };
-            let Some(next) = change(&current) else {
+            let Some(mut next) = change(&current) else {
                 return Ok(None);
             };
+            if let Some(next) = &mut next {
+                text::cap(&mut next.last_error);
+            }
             if self
                 .store
                 .cas_instance(Some(&current), next.as_ref())
@@ -575,6 +581,8 @@ impl Shared {
             .ok_or_else(|| ManagerError::PoolNotFound(key.clone()))
     }
 
+    /// Applies `change` to the stored pool, under the pool lock; its
+    /// `last_error` is written [`crate::text::capped`].
     pub async fn update_pool(
         &self,
         key: &PoolKey,
@@ -583,6 +591,7 @@ impl Shared {
         let _guard = self.pool_lock.lock().await;
         let mut pool = self.pool(key).await?;
         change(&mut pool);
+        text::cap(&mut pool.last_error);
         self.store.put_pool(&pool).await?;
         self.changed();
         Ok(pool)

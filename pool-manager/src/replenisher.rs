@@ -27,6 +27,7 @@ use crate::gate::{self, BootSignal, BootTicket, Hold, ThrottledCall};
 use crate::manager::{noting_service, BootedReady, Shared};
 use crate::model::{Instance, InstanceState, PoolKey, PoolRecord, PoolSpec};
 use crate::sizing::{self, Backoff, BootPlan, Inputs, PlanReason, SizingBook, SizingStatus};
+use crate::text;
 use rand::Rng;
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -1787,10 +1788,11 @@ impl Shared {
             // On the instance while it warms, not only once the boot
             // timeout (15 min by default) has gone by; written when it
             // appears or changes, not at every probe.
-            let waiting = format!(
+            // Capped as it will be stored, so that it compares equal.
+            let waiting = text::capped(format!(
                 "mysqld not answering yet: {}",
                 last_probe_error.while_booting()
-            );
+            ));
             if instance.last_error.as_deref() != Some(waiting.as_str()) {
                 let noted = self
                     .transition(&instance, InstanceState::Warming, |next| {
@@ -2200,13 +2202,17 @@ impl Shared {
                 "the cloud refused to delete server {server_id} ({error}); each reconcile pass tries again: unlock or fix the server in the cloud, or delete it there"
             )
         };
+        // Each half within the cap of a stored text, so that neither is
+        // cut off by it and what was shown compares equal.
+        let half = text::MAX_KEPT_TEXT_CHARS / 2;
+        let refused = text::cut(&refused, half - DELETE_REFUSED.len());
         let why = |current: &Instance| {
             let reason = current
                 .last_error
                 .as_deref()
                 .map(|e| e.split_once(DELETE_REFUSED).map_or(e, |(reason, _)| reason))
                 .unwrap_or("being deleted");
-            format!("{reason}{DELETE_REFUSED}{refused}")
+            format!("{}{DELETE_REFUSED}{refused}", text::cut(reason, half))
         };
         let noted = self
             .update_instance(&instance.id, |current| {

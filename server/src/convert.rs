@@ -12,6 +12,7 @@ use pool_manager::model::{
 };
 use pool_manager::schedule::Window;
 use pool_manager::sizing::{Backoff, IopsLimitSource, LeadSource, PlanReason};
+use pool_manager::text;
 use pool_manager::{AllocateRequest, ManagerError, PoolStatus};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tonic::{Code, Status};
@@ -444,7 +445,9 @@ pub fn pool(status: PoolStatus) -> api::Pool {
         allocations_failed: r.allocations_failed,
         allocations_exhausted: Some(r.allocations_exhausted),
         allocations_waited: Some(r.allocations_waited),
-        last_error: r.last_error.clone().unwrap_or_default(),
+        // Capped when written; a store written before that was may hold
+        // one long enough to fail every listing.
+        last_error: text::capped(r.last_error.clone().unwrap_or_default()),
         last_error_at: r.last_error_at.map(timestamp),
         sizing: Some(sizing(&status)),
         consecutive_boot_failures: status.health.consecutive_boot_failures,
@@ -732,7 +735,7 @@ pub fn instance(i: Instance) -> api::Instance {
         created_at: Some(timestamp(i.created_at)),
         ready_at: i.ready_at.map(timestamp),
         attempts: i.attempts,
-        last_error: i.last_error.unwrap_or_default(),
+        last_error: text::capped(i.last_error.unwrap_or_default()),
         request_id: i.request_id.unwrap_or_default(),
         image: i.image.unwrap_or_default(),
     }

@@ -1672,6 +1672,77 @@ async fn watch_pools_delivers_pool_events() {
     expect_code(c.get_pool("db.medium", "az2").await, Code::NotFound);
 }
 
+/// The longest free text from the cloud a test accepts in a pool's,
+/// instance's or event's error: what warmpool keeps of one, with its own
+/// words around it.
+const LONGEST_KEPT_ERROR: usize = 2000;
+
+/// A cloud's error text is as long as the cloud makes it (a Nova server's
+/// fault carries a stack trace; a broken cloud, anything). Kept whole, one
+/// of over 4 MiB in a pool's record failed ListPools, GetPool and
+/// WatchPools for every client (OUT_OF_RANGE, "decoded message length too
+/// large") for as long as the store kept it. What is stored or sent is cut,
+/// saying so. Here the embedded cloud, which cuts nothing, gives the text,
+/// so that what warmpool writes, not the OpenStack driver, is what cuts it.
+#[tokio::test]
+async fn a_huge_error_from_the_cloud_is_cut_before_it_is_stored_or_sent() {
+    let d = Daemon::start(&[]).await;
+    let c = &d.client;
+    let mut watch = c.watch_pools().await.unwrap();
+    let fault = "F".repeat(64 << 10);
+    d.cloud()
+        .faults()
+        .error_next_boots(u64::MAX, fault.as_str());
+    c.create_pool(
+        "db.small",
+        "az1",
+        api::PoolSpec {
+            min_ready: 1,
+            max_ready: 1,
+            image: "mysql-8.0".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let (status, event) =
+        watch_for_event(&mut watch, api::PoolEventKind::Degraded, Some("db.small")).await;
+    let cut = |what: &str, text: &str| {
+        assert!(
+            text.len() < LONGEST_KEPT_ERROR
+                && text.contains("FFF... (")
+                && text.contains(" more characters)"),
+            "{what}: {} bytes, {}",
+            text.len(),
+            &text[..text.len().min(200)]
+        );
+    };
+    cut("the Degraded event", &event.message);
+    cut("the watched pool", &status.pool.unwrap().last_error);
+    let listed = c.list_pools().await.unwrap();
+    cut("ListPools", &listed[0].last_error);
+    cut(
+        "GetPool",
+        &c.get_pool("db.small", "az1").await.unwrap().last_error,
+    );
+    for instance in c.list_instances("db.small", "az1").await.unwrap() {
+        assert!(
+            instance.last_error.len() < LONGEST_KEPT_ERROR,
+            "instance {}: {} bytes",
+            instance.id,
+            instance.last_error.len()
+        );
+    }
+    // What a client does not see is cut too: the store's records.
+    let manager = &d.running.manager;
+    let key = pool_manager::model::PoolKey::new("db.small", "az1");
+    let record = manager.get_pool(&key).await.unwrap().record;
+    cut(
+        "the stored pool",
+        record.last_error.as_deref().unwrap_or_default(),
+    );
+}
+
 #[tokio::test]
 async fn auto_pools_show_their_sizing_and_updates_keep_the_mode() {
     let dir = tempfile::tempdir().unwrap();

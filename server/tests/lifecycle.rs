@@ -1364,6 +1364,46 @@ async fn a_restart_during_the_drain_of_a_configured_pool_starts() {
     d.shut_down().await;
 }
 
+/// A store written before free text was capped may hold a pool's
+/// `last_error` as long as the cloud made it; one of over 4 MiB failed
+/// ListPools and GetPool for every client. It is shown cut.
+#[tokio::test]
+async fn a_huge_last_error_a_store_kept_is_shown_cut() {
+    let data = tempfile::tempdir().unwrap();
+    let pools = [("db.small", "az1", 0, 1)];
+    let d = Daemon::start_in(data.path(), &pools).await;
+    d.shut_down().await;
+
+    let store_dir = data.path().join("store");
+    let store = tokio::task::spawn_blocking(move || SledStore::open(&store_dir))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut pool = store.list_pools().await.unwrap().remove(0);
+    pool.last_error = Some("F".repeat(64 << 10));
+    store.put_pool(&pool).await.unwrap();
+    store.flush().await.unwrap();
+    drop(store);
+
+    let d = Daemon::start_in(data.path(), &pools).await;
+    let listed = d.client.list_pools().await.unwrap().remove(0).last_error;
+    let got = d
+        .client
+        .get_pool("db.small", "az1")
+        .await
+        .unwrap()
+        .last_error;
+    for last_error in [listed, got] {
+        assert!(
+            last_error.len() <= pool_manager::text::MAX_KEPT_TEXT_CHARS
+                && last_error.ends_with(" more characters)"),
+            "{} bytes",
+            last_error.len()
+        );
+    }
+    d.shut_down().await;
+}
+
 /// The next line of warmpoold's log containing `needle`, without colour.
 async fn log_line(log: &mut DaemonLog, needle: &str) -> String {
     let found = tokio::time::timeout(PATIENCE, async {
