@@ -4232,6 +4232,13 @@ impl Shared {
                     }
                     _ => instance,
                 };
+                if after_crash && instance.server_id.is_none() && self.late_create_may_land() {
+                    self.keep_for_late_create(&instance.id, |current| {
+                        current.request_id.as_deref() == Some(request_id)
+                    })
+                    .await?;
+                    continue;
+                }
                 if let Some(server_id) = &instance.server_id {
                     self.detach_order_from(deadline, server_id, &allocation)
                         .await?;

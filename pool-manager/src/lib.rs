@@ -31,5 +31,5 @@ pub use allocator::{
 };
 pub use error::{ManagerError, ManagerResult};
 pub use manager::{state_name, ManagerSettings, PoolManager, PoolStatus, FORGET_EVERY};
-pub use reconciler::LeftAlone;
+pub use reconciler::{LeftAlone, LATE_CREATE_GRACE};
 pub use replenisher::BootError;

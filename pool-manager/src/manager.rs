@@ -285,6 +285,9 @@ pub(crate) struct Shared {
     /// pool server here the store has no record of
     /// (`Shared::adopt_cloud_at_start`).
     pub adopting: Mutex<Option<(CloudIdentity, CloudChange)>>,
+    /// When this process's manager was built: a create the process before
+    /// it sent may land until [`crate::reconciler::LATE_CREATE_GRACE`] past it.
+    pub started: Instant,
 }
 
 /// The API calls running as tasks of the manager.
@@ -912,6 +915,7 @@ impl PoolManager {
                 left_alone: Mutex::default(),
                 claimed: tokio::sync::OnceCell::new(),
                 adopting: Mutex::default(),
+                started: Instant::now(),
                 instance_ids: Mutex::new(seeded(settings.instance_id_seed)),
                 attempt_salts: Mutex::new(seeded(
                     settings.instance_id_seed.map(|seed| seed.wrapping_add(1)),
