@@ -1370,7 +1370,12 @@ impl<H: StoreHooks> Store for HookedStore<H> {
         // refill's boot sent before a crash the test arms, or after). Held
         // here on the runtime's thread instead, then one yield as a flush
         // that the disk ends at once: every run interleaves the same way.
-        let flushed = futures::executor::block_on(self.inner.flush());
+        // Unconstrained: a task that has spent tokio's cooperative budget
+        // would be told "not ready" by the blocking task's handle at every
+        // poll, and `block_on` would poll it again forever. The inner store
+        // must need no other task of this runtime to flush (a sled store
+        // needs only a blocking thread).
+        let flushed = futures::executor::block_on(tokio::task::unconstrained(self.inner.flush()));
         tokio::task::yield_now().await;
         flushed
     }
