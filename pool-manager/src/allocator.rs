@@ -818,7 +818,7 @@ fn volume_creation_refused(volume_type: Option<&str>, error: CloudError) -> Atte
     let of_the_type = match (&error, volume_type) {
         (CloudError::NotFound(_), Some(_)) => true,
         (CloudError::Fatal(m), Some(volume_type)) => {
-            m.contains(volume_type) || m.to_ascii_lowercase().contains("volume type")
+            names_word(m, volume_type) || m.to_ascii_lowercase().contains("volume type")
         }
         _ => false,
     };
@@ -830,6 +830,19 @@ fn volume_creation_refused(volume_type: Option<&str>, error: CloudError) -> Atte
         }
         (error, _) => creation_refused("volume", error),
     }
+}
+
+/// Whether `text` holds `word` as a word of its own: not inside a longer
+/// name (a type named "1" or "ssd" is not named by "size 10" or
+/// "ssd-gold").
+fn names_word(text: &str, word: &str) -> bool {
+    let is_name_char = |c: char| c.is_alphanumeric() || matches!(c, '-' | '_' | '.');
+    !word.is_empty()
+        && text.match_indices(word).any(|(at, _)| {
+            let before = text[..at].chars().next_back();
+            let after = text[at + word.len()..].chars().next();
+            !before.is_some_and(is_name_char) && !after.is_some_and(is_name_char)
+        })
 }
 
 /// A create sent again after a lost answer may be refused by the twin the
@@ -5369,6 +5382,24 @@ const PAUSED: &str = " (the pool is paused: it boots nothing until it is unpause
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Cinder's 400 points at the order's volume type only when it names
+    /// the type as a word (or speaks of a volume type): a type named "1"
+    /// or "ssd" is not named by a size of 10 or by another type's name.
+    #[test]
+    fn a_refusal_is_of_the_volume_type_only_when_it_names_it() {
+        let of_the_type = |volume_type: &str, message: &str| {
+            let refused =
+                volume_creation_refused(Some(volume_type), CloudError::Fatal(message.to_owned()));
+            matches!(refused, AttemptError::Request(ManagerError::FailedPrecondition(m)) if m.contains("volume.new_volume.volume_type"))
+        };
+        assert!(of_the_type("ssd", "Invalid type ssd: no backend"));
+        assert!(of_the_type("ssd", "'ssd' is not allowed"));
+        assert!(of_the_type("x", "Invalid volume type: x"));
+        assert!(!of_the_type("1", "Invalid input: size 10 is too large"));
+        assert!(!of_the_type("ssd", "backend ssd-gold is full"));
+        assert!(!of_the_type("ssd", "Invalid input received: bad metadata"));
+    }
 
     /// A twin found by the name after a create's lost answer is the
     /// order's only if it is as asked and free: a failed try's port its
