@@ -5,7 +5,9 @@
 //! no tags, and their closed status enums fail a whole object on a status
 //! string they do not know.
 
-use crate::cloud::{BootHeadroom, QuotaLeft, Server, ServerStatus, PORTS_PER_SERVER};
+use crate::cloud::{
+    mentions_quota, BootHeadroom, QuotaLeft, Server, ServerStatus, PORTS_PER_SERVER,
+};
 use crate::text::{cut, MAX_CLOUD_MESSAGE_CHARS};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -132,11 +134,15 @@ fn fault_text(fault: &NovaFault) -> Option<String> {
     }
     let no_valid_host =
         message.to_ascii_lowercase().contains("no valid host") || details.contains("NoValidHost");
-    // Cut after NoValidHost is looked for in all of it, as a service's
-    // own fault message is: the text is the cloud's, unbounded.
+    let quota = mentions_quota(&message);
+    // Cut after NoValidHost and a quota refusal (which the replenisher
+    // reads in the fault) are looked for in all of it, as a service's own
+    // fault message is: the text is the cloud's, unbounded.
     let message = cut(&message, MAX_CLOUD_MESSAGE_CHARS);
     Some(if no_valid_host && !message.contains("NoValidHost") {
         format!("NoValidHost: {message}")
+    } else if quota && !mentions_quota(&message) {
+        format!("Quota exceeded: {message}")
     } else {
         message
     })
@@ -559,6 +565,25 @@ mod tests {
             fault.chars().count()
         );
         assert!(fault.ends_with(" more characters)"), "{fault}");
+    }
+
+    /// A quota refusal said only past the cut (Nova's quota recheck after
+    /// a long preamble) is still told in the cut fault, which the
+    /// replenisher reads to pause for quota instead of counting a failure.
+    #[test]
+    fn a_huge_faults_late_quota_refusal_survives_the_cut() {
+        let huge = format!(
+            "{} Quota exceeded for instances: Requested 1, but already used 10 of 10 instances",
+            "x".repeat(1 << 16)
+        );
+        let body = NO_VALID_HOST.replace(
+            "No valid host was found. There are not enough hosts available.",
+            &huge,
+        );
+        let body: ServerBody = serde_json::from_str(&body).unwrap();
+        let fault = to_server(body.server, &rule(None)).fault.unwrap();
+        assert!(mentions_quota(&fault), "{fault}");
+        assert!(fault.chars().count() < 400, "{}", fault.chars().count());
     }
 
     #[test]
