@@ -603,7 +603,9 @@ pub struct Instance {
     pub server_id: Option<String>,
     pub state: InstanceState,
     /// When its boot was requested: a resumed boot's `boot_timeout`
-    /// counts from it.
+    /// counts from it. A boot a restart keeps, `Deleting`, for a create
+    /// that may land late: when it was first kept so, which
+    /// [`crate::reconciler::LATE_CREATE_GRACE`] counts from.
     pub created_at: SystemTime,
     pub ready_at: Option<SystemTime>,
     pub attempts: u32,

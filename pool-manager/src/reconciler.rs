@@ -7,14 +7,14 @@
 //!
 //! | store says | cloud says | action |
 //! |---|---|---|
-//! | allocation `Allocating`, no Allocate of this process on it | - | roll back (discard its instance, `Claimed` or already `Allocated`, or a cold boot's `Booting` one, whose server is looked up by its instance id if its create's answer was not flushed; one found with none, within [`LATE_CREATE_GRACE`] of this process's start, is only marked `Deleting`, for the `Failed`/`Deleting` row below; delete its port (one its SOFT_DELETED server keeps bound until Nova's reclaim is left to the name's watch instead) and created volume (watched before its delete is sent; one already `deleting` or `error_deleting`, an earlier try's delete accepted, counts as deleted), watch its name if a create may have been on its way or Cinder refuses that volume's delete as `error_attaching`, drop the record) |
+//! | allocation `Allocating`, no Allocate of this process on it | - | roll back (discard its instance, `Claimed` or already `Allocated`, or a cold boot's `Booting` one, whose server is looked up by its instance id if its create's answer was not flushed; one found with none, within [`LATE_CREATE_GRACE`] of this process's start, is only marked `Deleting` (kept from then, see the next rows), for the `Failed`/`Deleting` row below; delete its port (one its SOFT_DELETED server keeps bound until Nova's reclaim is left to the name's watch instead) and created volume (watched before its delete is sent; one already `deleting` or `error_deleting`, an earlier try's delete accepted, counts as deleted), watch its name if a create may have been on its way or Cinder refuses that volume's delete as `error_attaching`, drop the record) |
 //! | allocation `Releasing`, no Release of this process carrying it out | - | finish the release (a Release called meanwhile waits for this one; a volume it deletes is watched before its delete is sent; one already being deleted counts as deleted; a port its SOFT_DELETED server keeps bound until Nova's reclaim is left to the name's watch, written before the order is `Released`) |
 //! | a name watched (`TwinWatch`) whose order's release a call of this process is carrying out | - | left to the next pass (the release writes the watch of its volume before the delete) |
 //! | a name watched (`TwinWatch`: a create of it may have been done unrecorded, a rollback left its new volume `error_attaching`, a volume of the order was deleted, or a port of it was left bound to a SOFT_DELETED server) | volumes, ports of that name (not listed for a watch of deleted volumes and bound ports alone); each deleted volume, by id; each bound port, by id | delete them but the committed allocation's own and the bound ports, naming each volume whose delete Cinder accepted (now or earlier: `deleting`, `error_deleting`) as deleted; a deleted volume gone (404) is dropped, one `error_deleting` marked stuck (announced by the pass that marks it), one an admin reset deleted again; each bound port is sent one delete, no waiting (Neutron refuses it until Nova's reclaim or an admin's forceDelete unbinds it), and dropped once taken; a refused one is looked at: still bound, asked again next pass; gone, dropped; unbound by now, sent its delete again; a look that fails for good (a 404 for a path Neutron routes nowhere) is logged as a warning naming it; one Neutron cannot answer now (a 5xx, a timeout, a 429) is one try a pass, no delete sent; so is the delete (one failing so, a proxy's 404 or a 413 naming no quota too, leaves the port for the next pass); end the watch once it is over and nothing of the name is left but deleted volumes, all gone, and no bound port (a volume Cinder keeps `error_attaching` fails the item at once, each pass, until an admin resets it; the watch names it as stuck until its delete is accepted) |
 //! | instance `Claimed`, allocation `Allocated` naming it | - | mark the instance `Allocated` (left by versions that marked the allocation first) |
 //! | instance `Claimed`, allocation `Allocated` naming another, or none live | - | discard it (a claim left over) |
 //! | instance `Booting`, no server id | server with its instance id | adopt the server |
-//! | instance `Booting`, no server id, no task of this process driving it | none | mark it `Deleting` (its create, sent before a crash, may land after this listing: see the `Failed`/`Deleting` row) |
+//! | instance `Booting`, no server id, no task of this process driving it | none | within [`LATE_CREATE_GRACE`] of this process's start, mark it `Deleting`, its `created_at` now, a note added to its `last_error` (its create, sent before a crash, may land after this listing: see the `Failed`/`Deleting` row); later, drop the record |
 //! | instance `Booting`/`Warming`/`Ready` | server gone (or SOFT_DELETED); one missing from the listing is asked for by id first (the listing is older than the instances read after it, and Nova lists no SOFT_DELETED server) | drop the record; a SOFT_DELETED server (deleted by hand on a cloud with `reclaim_instance_interval`) is deleted for good (the driver's forceDelete), as no later pass would see it |
 //! | instance `Booting`/`Warming`/`Ready`, unsold, no task of this process driving it | server with a volume attached (only a purchase attaches one, after its claim: sold after this record was written, the store a copy restored from a backup) | drop the record, leave the server (a tenant's), log an error, count it left alone (`unknown_sold`) |
 //! | instance `Booting`/`Warming` | server exists | resume the boot task |
@@ -22,7 +22,7 @@
 //! | instance `Ready`, unclaimed | server in ERROR (its host failed) | discard it (the pool refills) |
 //! | instance `Ready` | server busy with a task (a task_state other than a delete: a snapshot, a migration, a rebuild) | nothing for that: busy is not broken, the task ends by itself. Not probed while busy (a cold migration or a non-live snapshot takes the guest down), and a silence counted before the task is forgotten: the rows below judge it anew once the task is over. One Nova leaves busy for good (a task_state stuck until an admin resets it) stays Ready until a purchase claims it (Nova refuses the attach, 409: the purchase discards it and takes the next), or `max_age` or an image change retires it |
 //! | instance `Ready`, unclaimed | server not busy (ACTIVE, or stopped, shelved, paused by an operator: no task brings mysqld back), mysqld silent on this pass's probe and the last's | discard it (the pool refills) |
-//! | instance `Failed`/`Deleting`, no task of this process driving it | - | delete the server, drop the record; one with no server recorded (taken by a drain or a purchase's rollback while its create was on its way, its task ended before the answer: a crash, a stop) first records the server carrying its instance id, if one not on its way out is listed, and deletes it as its own, no leak; with none listed, keeps the record until [`LATE_CREATE_GRACE`] past this process's start is over (a create a crashed process sent may land late: its server is then deleted as the record's, no leak), then drops it only if it still names no server (its task may have recorded one after the listing and ended, its delete refused: the next pass deletes that server as the record's) |
+//! | instance `Failed`/`Deleting`, no task of this process driving it | - | delete the server, drop the record; one with no server recorded (taken by a drain or a purchase's rollback while its create was on its way, its task ended before the answer: a crash, a stop) first records the server carrying its instance id, if one not on its way out is listed, and deletes it as its own, no leak; with none listed, keeps the record until [`LATE_CREATE_GRACE`] past this process's start or its `created_at` (when it was first kept so) is over, its pool gone or not (a create a crashed process sent may land late: its server is then deleted as the record's, no leak), then drops it only if it still names no server (its task may have recorded one after the listing and ended, its delete refused: the next pass deletes that server as the record's) |
 //! | instance `Allocated`/`Releasing`, its order `Released`, or gone and not set aside (a release drops its instance's record first: this one was set aside by an older version that then released the order, and moved back at this version's open) | server gone (or SOFT_DELETED; one missing from the listing is asked for by id first) | drop the record (a SOFT_DELETED server is deleted for good) |
 //! | instance `Allocated`/`Releasing`, its order `Released` naming it | server exists | do the release's instance step again: detach the order's volume, delete the server until gone, drop the record |
 //! | instance `Allocated`/`Releasing`, its order gone (not set aside) | server exists | leave it, log a warning (a tenant's, its order's record lost) |
@@ -57,6 +57,7 @@ use crate::manager::Shared;
 use crate::model::{AllocationState, Instance, InstanceState, PoolKey, TwinWatch};
 use crate::replenisher::{DrivingClaim, Timed};
 use crate::store::{pool_record_key, RecordKind};
+use crate::text;
 use std::collections::{HashMap, HashSet};
 use std::mem::Discriminant;
 use std::sync::Arc;
@@ -100,7 +101,7 @@ const PROBES_AT_ONCE: usize = 32;
 /// How long past a restart a boot's create sent before the crash may still
 /// land: a boot whose record names no server and no server carrying its
 /// id is listed is kept, `Deleting`, this long (see
-/// [`Shared::late_create_may_land`]), so that the server a late create
+/// [`Shared::awaits_late_create`]), so that the server a late create
 /// makes is deleted as that boot's own, not taken for a leak (nor, on a
 /// store that knew that boot alone, for an unknown server refusing the
 /// start). The dead process's create waited at most its request timeout
@@ -108,7 +109,10 @@ const PROBES_AT_ONCE: usize = 32;
 /// but a request it sent may sit longer in a proxy's or Nova API's queue
 /// after it gave up: ten times that covers a load balancer's own request
 /// timeout (often 60 s) and a slow API worker. Kept longer costs only a
-/// record counted `deleting` (a drain of its pool waits for it).
+/// record counted `deleting` (a drain of its pool does not wait for it).
+/// It runs from when the record was first kept, by the wall clock (see
+/// [`Shared::keep_for_late_create`]), so restarts within it do not start
+/// it again.
 pub const LATE_CREATE_GRACE: Duration = Duration::from_secs(5 * 60);
 
 /// How often an item every reconcile pass fails the same way is warned of
@@ -509,9 +513,15 @@ impl Shared {
                                 self.resume_boot(adopted);
                             }
                         }
-                        None => {
+                        None if self.late_create_may_land() => {
                             self.keep_for_late_create(&instance.id, |current| {
                                 *current == *instance
+                            })
+                            .await?;
+                        }
+                        None => {
+                            self.update_instance(&instance.id, |current| {
+                                (*current == *instance).then_some(None)
                             })
                             .await?;
                         }
@@ -595,11 +605,10 @@ impl Shared {
                     }
                 }
                 InstanceState::Failed | InstanceState::Deleting => {
-                    let awaiting_late_create = instance.server_id.is_none()
-                        && !by_instance.contains_key(instance.id.as_str())
-                        && self.late_create_may_land();
+                    let awaiting_late_create = !by_instance.contains_key(instance.id.as_str())
+                        && self.awaits_late_create(instance);
                     if awaiting_late_create {
-                        tracing::debug!(instance = %instance.id, "no server yet for a boot whose create may land late; kept until the grace past the restart is over");
+                        tracing::debug!(instance = %instance.id, "no server yet for a boot whose create may land late; kept until its grace is over");
                     } else if !driving {
                         let deleted = self
                             .finish_delete_found(instance, by_instance.get(instance.id.as_str()))
@@ -1034,6 +1043,20 @@ impl Shared {
         self.started.elapsed() < LATE_CREATE_GRACE
     }
 
+    /// Whether `instance`, naming no server, is kept for a create that may
+    /// land late: within [`LATE_CREATE_GRACE`] of this process's start and
+    /// of its `created_at` ([`Self::keep_for_late_create`] sets that to
+    /// when it was kept, so a crash loop does not keep it for ever).
+    pub(crate) fn awaits_late_create(&self, instance: &Instance) -> bool {
+        if instance.server_id.is_some() || !self.late_create_may_land() {
+            return false;
+        }
+        let wall = self.sizing_book().wall_now(&self.settings.sizing);
+        // Created "after" now, the wall clock stepped back: still within.
+        wall.duration_since(instance.created_at)
+            .map_or(true, |since| since < LATE_CREATE_GRACE)
+    }
+
     /// Marks `Deleting` a boot that names no server and that no task of
     /// this process drives, found after a restart with no server carrying
     /// its id (while `still` holds of the stored record): its create may
@@ -1042,12 +1065,17 @@ impl Shared {
     /// that knew that boot alone, for an unknown server refusing the
     /// start); kept so, the passes delete the server as the boot's own if
     /// it shows, and drop the record once [`LATE_CREATE_GRACE`] past the
-    /// restart is over if none does.
+    /// keeping is over if none does. The keeping's wall-clock time replaces
+    /// the record's `created_at`, which later processes count the grace
+    /// from (a crash loop would otherwise keep it for ever); its
+    /// `last_error`, the boot's own diagnosis, is kept with a note added.
     pub(crate) async fn keep_for_late_create(
         &self,
         instance_id: &str,
         still: impl Fn(&Instance) -> bool,
     ) -> ManagerResult<()> {
+        const NOTE: &str = "a restart found no server of its create, which may land late";
+        let kept_at = self.sizing_book().wall_now(&self.settings.sizing);
         let kept = self
             .update_instance(instance_id, |current| {
                 (current.state != InstanceState::Deleting
@@ -1056,8 +1084,14 @@ impl Shared {
                 .then(|| {
                     let mut next = current.clone();
                     next.state = InstanceState::Deleting;
-                    next.last_error =
-                        Some("a restart found no server of its create, which may land late".into());
+                    next.created_at = kept_at;
+                    next.last_error = Some(match &current.last_error {
+                        Some(own) => format!(
+                            "{}; {NOTE}",
+                            text::cut(own, text::MAX_KEPT_TEXT_CHARS - NOTE.len() - 2)
+                        ),
+                        None => NOTE.into(),
+                    });
                     Some(next)
                 })
             })

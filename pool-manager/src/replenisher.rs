@@ -1251,8 +1251,14 @@ impl Shared {
                 // Listed a moment ago: an Allocate may have claimed it since.
                 self.discard_instance_if(&instance.id, "pool drained", Instance::counts_as_supply)
                     .await?;
-            } else if !self.left_to_its_create(&instance) {
-                left += 1;
+            } else {
+                // One kept for a late create the reconciler drops once its
+                // grace is over, pool or not: nothing of the pool to wait for.
+                let kept_for_late_create =
+                    instance.state == InstanceState::Deleting && self.awaits_late_create(&instance);
+                if !self.left_to_its_create(&instance) && !kept_for_late_create {
+                    left += 1;
+                }
             }
         }
         if left == 0 {

@@ -303,3 +303,160 @@ async fn a_boot_whose_create_never_lands_is_forgotten_once_the_grace_is_over() {
     assert!(sim.servers().is_empty(), "{:?}", sim.servers());
     manager.shutdown().await.unwrap();
 }
+
+/// A boot left mid-create by a crash, the pool paused so nothing else
+/// boots: the store under `dir` and the boot's record.
+async fn a_boot_lost_mid_create(sim: &Arc<SimCloud>, dir: &Path) -> Instance {
+    let cloud = GatedCloud::new(sim);
+    let manager = started_paused(&cloud, open_store(dir), 0).await;
+    let hold = cloud.hold_next("create_server", At::Before);
+    manager
+        .update_pool(&pool(), |s| {
+            s.paused = false;
+            s.min_ready = 1;
+        })
+        .await
+        .unwrap();
+    hold.reached().await;
+    manager
+        .update_pool(&pool(), |s| s.paused = true)
+        .await
+        .unwrap();
+    let booting = the_boot_mid_create(&manager).await;
+    manager.shutdown().await.unwrap();
+    drop(manager);
+    booting
+}
+
+/// A manager over `store` whose wall clock reads `wall` plus the simulated
+/// time since `since`: one wall clock across restarts, as a real host has.
+fn manager_on_one_wall_clock(
+    cloud: &Arc<GatedCloud>,
+    store: Arc<dyn Store>,
+    wall: std::time::SystemTime,
+    since: tokio::time::Instant,
+) -> PoolManager {
+    let mut settings = settings();
+    settings.sizing.wall_clock_start = Some(wall + since.elapsed());
+    PoolManager::new(store, cloud.clone(), Arc::new(cloud.sim.probe()), settings)
+}
+
+/// A pool deleted right after a restart that kept a boot for its late
+/// create is gone at once, not after the grace (the kept record names no
+/// server: nothing of the pool is left to delete); the kept record outlives
+/// it, and the pass after the grace drops it, its pool gone.
+#[tokio::test(start_paused = true)]
+async fn a_pool_deleted_after_a_restart_does_not_wait_for_a_kept_boot() {
+    let sim = sim();
+    let dir = tempfile::tempdir().unwrap();
+    let booting = a_boot_lost_mid_create(&sim, dir.path()).await;
+
+    let cloud = GatedCloud::new(&sim);
+    let manager = manager_over(&cloud, open_store(dir.path()));
+    manager.start().await.unwrap();
+    manager.delete_pool(&pool()).await.unwrap();
+    let mut gone_after = None;
+    for tenths in 0..600 {
+        if manager.get_pool(&pool()).await.is_err() {
+            gone_after = Some(Duration::from_millis(100 * tenths));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        gone_after.is_some_and(|after| after < Duration::from_secs(30)),
+        "the drain waited for the kept boot: pool gone after {gone_after:?}"
+    );
+    let kept = manager.list_instances(None).await.unwrap();
+    assert!(
+        kept.iter().any(|i| i.id == booting.id),
+        "the boot is kept while its create may land, its pool gone: {kept:#?}"
+    );
+    tokio::time::sleep(pool_manager::LATE_CREATE_GRACE).await;
+    manager.reconcile().await.unwrap();
+    let left = manager.list_instances(None).await.unwrap();
+    assert!(left.is_empty(), "{left:#?}");
+    assert!(sim.servers().is_empty(), "{:?}", sim.servers());
+    manager.shutdown().await.unwrap();
+}
+
+/// The grace counts from when the boot was first kept, by the wall clock:
+/// a restart within it does not start it again (a crash loop would keep
+/// the record for ever).
+#[tokio::test(start_paused = true)]
+async fn a_second_restart_does_not_start_the_grace_again() {
+    let (wall, since) = (std::time::SystemTime::now(), tokio::time::Instant::now());
+    let sim = sim();
+    let dir = tempfile::tempdir().unwrap();
+    let booting = a_boot_lost_mid_create(&sim, dir.path()).await;
+    let four_minutes = Duration::from_secs(4 * 60);
+    assert!(four_minutes < pool_manager::LATE_CREATE_GRACE);
+    let mut kept_after = Vec::new();
+    for _ in 0..2 {
+        let cloud = GatedCloud::new(&sim);
+        let manager = manager_on_one_wall_clock(&cloud, open_store(dir.path()), wall, since);
+        manager.start().await.unwrap();
+        tokio::time::sleep(four_minutes).await;
+        manager.reconcile().await.unwrap();
+        let instances = manager.list_instances(None).await.unwrap();
+        kept_after.push(instances.iter().any(|i| i.id == booting.id));
+        manager.shutdown().await.unwrap();
+        drop(manager);
+    }
+    assert_eq!(
+        kept_after,
+        [true, false],
+        "kept 4 min after the first restart, dropped 8 min after it (4 min after the second)"
+    );
+}
+
+/// Kept for a late create, a boot keeps its own diagnosis (why its
+/// earlier creates failed) with the note added; a serverless `Booting`
+/// record no task drives found once no create of a process before may
+/// land any more is dropped as before, not kept.
+#[tokio::test(start_paused = true)]
+async fn a_kept_boot_keeps_its_own_error_and_none_is_kept_after_the_grace() {
+    let sim = sim();
+    let dir = tempfile::tempdir().unwrap();
+    let booting = a_boot_lost_mid_create(&sim, dir.path()).await;
+    let own = "the server create failed 3 times: no valid host was found";
+    {
+        let store = open_store(dir.path());
+        let stored = store.get_instance(&booting.id).await.unwrap().unwrap();
+        let failed_before = Instance {
+            last_error: Some(own.into()),
+            ..stored.clone()
+        };
+        assert!(store
+            .cas_instance(Some(&stored), Some(&failed_before))
+            .await
+            .unwrap());
+        store.flush().await.unwrap();
+    }
+
+    let cloud = GatedCloud::new(&sim);
+    let store = open_store(dir.path());
+    let manager = manager_over(&cloud, store.clone());
+    manager.start().await.unwrap();
+    let kept = store.get_instance(&booting.id).await.unwrap().unwrap();
+    assert_eq!(kept.state, InstanceState::Deleting);
+    let error = kept.last_error.unwrap_or_default();
+    assert!(
+        error.starts_with(own) && error.contains("may land late"),
+        "{error}"
+    );
+
+    tokio::time::sleep(pool_manager::LATE_CREATE_GRACE).await;
+    manager.reconcile().await.unwrap();
+    let undriven = Instance {
+        id: "undriven-boot".into(),
+        state: InstanceState::Booting,
+        last_error: None,
+        ..booting.clone()
+    };
+    assert!(store.cas_instance(None, Some(&undriven)).await.unwrap());
+    manager.reconcile().await.unwrap();
+    let left = manager.list_instances(None).await.unwrap();
+    assert!(left.is_empty(), "{left:#?}");
+    manager.shutdown().await.unwrap();
+}
