@@ -147,6 +147,17 @@ pub(crate) fn deadline_after(from: Instant, after: Duration) -> Instant {
     from.checked_add(after).unwrap_or_else(|| from + FAR_FUTURE)
 }
 
+/// A purchase a repeat call starts once the call of its order it waited
+/// for failed: that wait spent part of its caller's timeout, so a deadline
+/// it then misses is told as the wait's, not as the cloud's slowness.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct AfterWait {
+    /// How long the call waited for the other one.
+    waited: Duration,
+    /// What was left of its timeout when its own purchase began.
+    left: Duration,
+}
+
 /// An Allocate call: the allocation's parameters plus how to wait.
 #[derive(Clone, Debug)]
 pub struct AllocateRequest {
@@ -186,6 +197,7 @@ impl PoolManager {
         let deadline = deadline_after(started, timeout);
         // Before the first look, so that no change after it is missed.
         let mut changes = self.shared.changes.subscribe();
+        let mut waited_for_another_call = false;
         loop {
             let request_id = &request.params.request_id;
             if let Some(existing) = self.shared.store.get_allocation(request_id).await? {
@@ -199,13 +211,18 @@ impl PoolManager {
                 self.shared
                     .wait_for_order(request_id, deadline, &mut changes)
                     .await?;
+                waited_for_another_call = true;
                 continue;
             }
             let shared = self.shared.clone();
             let order = request.clone();
+            let after_wait = waited_for_another_call.then(|| AfterWait {
+                waited: started.elapsed(),
+                left: deadline.saturating_duration_since(Instant::now()),
+            });
             let bought = self
                 .detached(ApiCall::Allocate, async move {
-                    shared.purchase(order, started, deadline).await
+                    shared.purchase(order, started, deadline, after_wait).await
                 })
                 .await?;
             match bought {
@@ -552,6 +569,9 @@ struct Record<'a> {
     /// and port (and maybe claim or boot an instance): a failure has
     /// something to roll back. Not stored: only this call logs it.
     made: AtomicBool,
+    /// The purchase began after this call waited for another call of the
+    /// order, which failed.
+    after_wait: Option<AfterWait>,
 }
 
 impl Record<'_> {
@@ -1647,6 +1667,7 @@ impl Shared {
         request: AllocateRequest,
         started: Instant,
         deadline: Instant,
+        after_wait: Option<AfterWait>,
     ) -> ManagerResult<Option<Allocation>> {
         let params = &request.params;
         self.refuse_if_set_aside(&params.request_id).await?;
@@ -1695,7 +1716,7 @@ impl Shared {
             let what = format_args!("order {}", params.request_id);
             return Err(ManagerError::not_recorded(what, e));
         }
-        self.complete_purchase(&request, allocation, started, deadline)
+        self.complete_purchase(&request, allocation, started, deadline, after_wait)
             .await
             .map(Some)
     }
@@ -1747,6 +1768,7 @@ impl Shared {
         allocation: Allocation,
         started: Instant,
         deadline: Instant,
+        after_wait: Option<AfterWait>,
     ) -> ManagerResult<Allocation> {
         let params = &request.params;
         let record = Record {
@@ -1754,6 +1776,7 @@ impl Shared {
             current: Mutex::new(allocation),
             waited: AtomicBool::new(false),
             made: AtomicBool::new(false),
+            after_wait,
         };
         let span =
             tracing::info_span!("allocate", request_id = %params.request_id, pool = %params.pool);
@@ -2678,7 +2701,10 @@ impl Shared {
             return Ok(());
         }
         let volume_id = self.volume_for(record, deadline).await?;
-        self.wait_volume(&volume_id, deadline, Phase::Created, |status, _| {
+        let phase = Phase::Created {
+            after_wait: record.after_wait,
+        };
+        self.wait_volume(&volume_id, deadline, phase, |status, _| {
             *status == VolumeStatus::Available
         })
         .await
@@ -3667,7 +3693,7 @@ impl Shared {
                 // A volume warmpool just created that Cinder could not build
                 // (no backend with room, say) is the cloud's failure, not
                 // the caller's: asking again may succeed.
-                if phase == Phase::Created && volume.status == VolumeStatus::Error {
+                if matches!(phase, Phase::Created { .. }) && volume.status == VolumeStatus::Error {
                     return Err(AttemptError::Request(ManagerError::Cloud(
                         CloudError::Transient(format!(
                             "Cinder could not build the new volume {volume_id} (status error)"
@@ -4947,7 +4973,10 @@ fn twins_possible(allocation: &Allocation, after_crash: bool) -> bool {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase<'a> {
     /// A volume warmpool has just created, before any claim.
-    Created,
+    Created {
+        /// The purchase began after a wait for another call of its order.
+        after_wait: Option<AfterWait>,
+    },
     BeforeAttach {
         /// Servers earlier tries of this purchase discarded.
         discarded_servers: &'a [String],
@@ -5071,7 +5100,14 @@ fn volume_late(volume_id: &str, status: &VolumeStatus, phase: Phase<'_>) -> Mana
             .unwrap_or_else(|| format!("{s:?}")),
     };
     ManagerError::DeadlineExceeded(match phase {
-        Phase::Created => format!(
+        Phase::Created {
+            after_wait: Some(AfterWait { waited, left }),
+        } => format!(
+            "the purchase's timeout passed while its new volume {volume_id} was still {state}: this call waited {:.1} s for another call of the order, which failed, and had only {:.1} s left for a purchase of its own; no instance was claimed: ask again (with a longer timeout if need be)",
+            waited.as_secs_f64(),
+            left.as_secs_f64()
+        ),
+        Phase::Created { after_wait: None } => format!(
             "the purchase's timeout passed while its new volume {volume_id} was still {state} (Cinder is slow to make it); no instance was claimed: ask again with a longer timeout"
         ),
         Phase::BeforeAttach { .. } => format!(

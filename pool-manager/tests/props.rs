@@ -995,6 +995,11 @@ fn a_partner_left_less_time_than_its_volume_takes_answers_deadline_exceeded() {
     paused_runtime().block_on(run(ops));
     let late = "the purchase's timeout passed while its new volume";
     assert_eq!(logs.count("WARN", late), 1, "{}", logs.text());
+    // Cinder took its usual time: the caller's timeout went on the wait
+    // for the other call, and the answer says so.
+    let why = "s for another call of the order, which failed, and had only";
+    assert_eq!(logs.count("WARN", why), 1, "{}", logs.text());
+    assert_eq!(logs.count("WARN", "Cinder is slow"), 0, "{}", logs.text());
 }
 
 proptest! {
