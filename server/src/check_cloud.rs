@@ -1287,6 +1287,18 @@ async fn flavor_iops_check(
                 overriding.join(", ")
             )
         };
+        // Without the flavor's limit a pool's own still stretches its prior.
+        let own_limits = match overriding.len() {
+            0 => String::new(),
+            1 => format!(
+                "; the own iops_limit of {} stretches that pool's lead-time prior",
+                overriding[0]
+            ),
+            _ => format!(
+                "; the own iops_limit of {} stretches those pools' lead-time prior",
+                overriding.join(", ")
+            ),
+        };
         let message = match iops {
             FlavorIops::Limited(iops, from) => format!(
                 "{name}: {iops} IOPS, from its extra spec {}{stretched}",
@@ -1295,10 +1307,10 @@ async fn flavor_iops_check(
             FlavorIops::Unlimited => format!(
                 "{name}: none: its extra specs set no {EXTRA_SPEC_TOTAL_IOPS}, \
                  {EXTRA_SPEC_READ_IOPS} or {EXTRA_SPEC_WRITE_IOPS} (no front-end QoS): \
-                 the lead-time prior is not stretched for it"
+                 the lead-time prior is not stretched for it{own_limits}"
             ),
             FlavorIops::Unknown(why) => {
-                format!("{name}: unknown: {why}; a pool's own iops_limit gives it")
+                format!("{name}: unknown: {why}; a pool's own iops_limit gives it{own_limits}")
             }
         };
         report.ok(CheckKind::FlavorIops, message);

@@ -2992,6 +2992,40 @@ async fn check_cloud_says_why_a_flavor_has_no_iops_limit_and_passes() {
     }
 }
 
+/// A pool's own `iops_limit` stretches its lead-time prior whatever its
+/// flavor says: the line of a flavor with no limit, or one it cannot
+/// read, names that pool too, rather than leaving "not stretched" said
+/// for every pool of the flavor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_cloud_names_a_pools_own_iops_limit_when_its_flavor_has_none() {
+    let env = env_with(sim_config(), HttpSettings::default()).await;
+    let config = env.config("", &format!("{SMALL_POOL}iops_limit = 500\n"));
+    let (report, _) = check_cloud::check(&config, openstack(&config)).await;
+    assert!(report.passed(), "{report}");
+    let iops = line(&report, CheckKind::FlavorIops);
+    assert!(
+        iops.len() == 1
+            && iops[0].starts_with("flavor iops: ok (db.small: none: its extra specs set no ")
+            && iops[0].ends_with(
+                "; the own iops_limit of db.small@az1 (500) stretches that pool's lead-time prior)"
+            ),
+        "{report}"
+    );
+
+    env.sim.hide_flavor_extra_specs(true);
+    let (report, _) = check_cloud::check(&config, openstack(&config)).await;
+    assert!(report.passed(), "{report}");
+    let iops = line(&report, CheckKind::FlavorIops);
+    assert!(
+        iops.len() == 1
+            && iops[0].starts_with("flavor iops: ok (db.small: unknown: ")
+            && iops[0].ends_with(
+                "; the own iops_limit of db.small@az1 (500) stretches that pool's lead-time prior)"
+            ),
+        "{report}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_cloud_names_each_problem() {
     let env = env_with_quotas(Quotas {
